@@ -1,0 +1,546 @@
+"""EDNPipeline: colourise grayscale photos with CCD-steered Stable Diffusion and a luminance-aware decoder."""
+
+import inspect
+import math
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .ccd import CCDModel
+from .errors import EDNInputError
+from .hints import hint_condition, parse_hints, render_hints
+from .luminance import chroma, compose_with_lightness, gray_from_lightness, to_lightness, to_uint8
+from .luminance_decoder import LuminanceDecoder
+from .pipeline_output import EDNPipelineOutput
+
+logger = logging.get_logger(__name__)
+
+# The generic prompts EDN is trained with in place of captions (paper §2.1); used when no prompt is given.
+DEFAULT_PROMPT = "colored photo"
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _as_image_list(image) -> list:
+    """A single image, a list of images, or a 4-D batch (numpy NHWC / torch NCHW) as a list."""
+    if isinstance(image, (list, tuple)):
+        return list(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        return list(image)
+    return [image]
+
+
+def _batch_length(name: str, count: int, batch_size: int) -> None:
+    if count not in (1, batch_size):
+        raise EDNInputError(f"mismatched batch lengths: {count} {name} for a batch of {batch_size}")
+
+
+class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
+    r"""Colourise grayscale photos with EDN (Expressive Diffusion Network).
+
+    A CCD adapter (a ControlNet) steers a frozen Stable Diffusion UNet with the grayscale image, colour hints
+    and a text prompt; the luminance-aware decoder turns the colour latent into pixels using the grayscale
+    image; the output keeps the input's CIE L* and takes only its chroma from the model.
+
+    Args:
+        vae ([`AutoencoderKL`]): SD's autoencoder; its encoder makes training latents, its config the latent scale.
+        text_encoder ([`~transformers.CLIPTextModel`]): frozen CLIP text encoder.
+        tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
+        unet ([`UNet2DConditionModel`]): frozen SD UNet.
+        ccd ([`CCDModel`]): the adapter, conditioned on grayscale image, hint colours and hint mask.
+        decoder ([`LuminanceDecoder`]): decodes colour latents with the grayscale image.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler; DDIM by default (eta 0, as the paper).
+    """
+
+    model_cpu_offload_seq = "text_encoder->ccd->unet->decoder"
+    _optional_components = []
+    _exclude_from_cpu_offload = ["vae"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "condition"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        ccd: CCDModel,
+        decoder: LuminanceDecoder,
+        scheduler: KarrasDiffusionSchedulers,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            ccd=ccd,
+            decoder=decoder,
+            scheduler=scheduler,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
+    @classmethod
+    def from_stable_diffusion(
+        cls, pretrained_model_name_or_path: str, ccd: CCDModel | None = None, **kwargs
+    ) -> "EDNPipeline":
+        """Build an untrained EDN around a Stable Diffusion v1.x checkpoint (a Hub id or a local folder).
+
+        The CCD adapter is copied from the UNet's encoder with zero outputs and the decoder from the VAE's
+        decoder with zero grayscale injection, so before training EDN's decoder reproduces SD's exactly.
+        ``kwargs`` (``torch_dtype``, ``variant``, ``revision``, ...) go to ``StableDiffusionPipeline.from_pretrained``.
+        """
+        sd = StableDiffusionPipeline.from_pretrained(
+            pretrained_model_name_or_path,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **kwargs,
+        )
+        return cls(
+            vae=sd.vae,
+            text_encoder=sd.text_encoder,
+            tokenizer=sd.tokenizer,
+            unet=sd.unet,
+            ccd=ccd if ccd is not None else CCDModel.from_unet(sd.unet).to(sd.unet.device, sd.unet.dtype),
+            decoder=LuminanceDecoder.from_vae(sd.vae),
+            scheduler=DDIMScheduler.from_config(sd.scheduler.config),
+        )
+
+    # ----------------------------------------------------------------------------------------------- sizes
+
+    @property
+    def resolution(self) -> int:
+        """The image size (longer side, pixels) the model colourises at."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) at which an input of that size is colourised: its aspect, longer side = resolution.
+
+        Both sides are multiples of what the UNet's downsampling needs, so any input size works.
+        """
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        scale = self.resolution / max(width, height)
+        return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+
+    # ----------------------------------------------------------------------------------------------- text
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode prompts with CLIP, as diffusers' Stable Diffusion pipelines do.
+
+        Returns ``(prompt_embeds, negative_prompt_embeds)``, each repeated ``num_images_per_prompt`` times;
+        the negative embeddings are ``None`` without classifier-free guidance.
+        """
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = self._encode_text(prompts, device, clip_skip)
+        batch_size = prompt_embeds.shape[0]
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        prompt_embeds = prompt_embeds.to(dtype=dtype, device=device).repeat_interleave(num_images_per_prompt, dim=0)
+
+        if not do_classifier_free_guidance:
+            return prompt_embeds, None
+        if negative_prompt_embeds is None:
+            negatives = negative_prompt if negative_prompt is not None else ""
+            negatives = [negatives] * batch_size if isinstance(negatives, str) else list(negatives)
+            _batch_length("negative prompts", len(negatives), batch_size)
+            negative_prompt_embeds = self._encode_text(negatives * (batch_size // len(negatives)), device, None)
+        negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
+        return prompt_embeds, negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def _encode_text(self, texts: list[str], device: torch.device, clip_skip: int | None) -> torch.Tensor:
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        if clip_skip is None:
+            return self.text_encoder(ids)[0]
+        hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        return self.text_encoder.text_model.final_layer_norm(hidden)
+
+    # ----------------------------------------------------------------------------------------------- checks
+
+    def check_inputs(
+        self,
+        images: list,
+        prompt,
+        hints,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        num_inference_steps,
+        guidance_scale,
+        eta,
+        num_images_per_prompt,
+        output_type,
+        generator,
+        callback_on_step_end_tensor_inputs,
+    ) -> int:
+        """Validate every call argument; returns the batch size (before ``num_images_per_prompt``)."""
+        if not images:
+            raise EDNInputError("no image given")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise EDNInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise EDNInputError(f"{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise EDNInputError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise EDNInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise EDNInputError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+
+        if prompt is not None and prompt_embeds is not None:
+            raise EDNInputError("give either prompt or prompt_embeds, not both")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise EDNInputError("give either negative_prompt or negative_prompt_embeds, not both")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not isinstance(value, str) and not (
+                isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value)
+            ):
+                raise EDNInputError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise EDNInputError(
+                    f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                    f"{tuple(negative_prompt_embeds.shape)} must have the same shape"
+                )
+
+        if prompt_embeds is not None:
+            prompt_count = prompt_embeds.shape[0]
+        else:
+            prompt_count = len(prompt) if isinstance(prompt, (list, tuple)) else 1
+        batch_size = max(len(images), prompt_count)
+        _batch_length("images", len(images), batch_size)
+        _batch_length("prompts", prompt_count, batch_size)
+        if isinstance(negative_prompt, (list, tuple)):
+            _batch_length("negative prompts", len(negative_prompt), batch_size)
+        if isinstance(hints, list) and len(hints) != len(images):
+            raise EDNInputError(f"mismatched batch lengths: {len(hints)} hint lists for {len(images)} images")
+        if isinstance(generator, list) and len(generator) != batch_size * num_images_per_prompt:
+            raise EDNInputError(
+                f"mismatched batch lengths: {len(generator)} generators for {batch_size * num_images_per_prompt} images"
+            )
+        return batch_size
+
+    # ----------------------------------------------------------------------------------------------- images
+
+    def prepare_condition(
+        self, images: list, hints: list, batch_size: int
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+        """Read the inputs and build the adapter's condition at the working size.
+
+        Returns each input's CIE L* at its own size, the grayscale images (B, 1, h, w) in [0, 1] and the
+        CCD condition (B, 7, h, w). All images of a call share the working size of the first one.
+        """
+        lightness = [to_lightness(image) for image in images]
+        height, width = lightness[0].shape
+        work_w, work_h = self.working_size(width, height)
+        grays, conditions = [], []
+        for l_star, image_hints in zip(lightness, hints):
+            gray = torch.from_numpy(gray_from_lightness(l_star))[None, None]
+            gray = F.interpolate(gray, size=(work_h, work_w), mode="bicubic", antialias=True, align_corners=False)
+            gray = gray.clamp(0, 1)[0, 0].numpy()
+            size = (l_star.shape[1], l_star.shape[0])
+            hint_rgb, mask = render_hints(gray, parse_hints(image_hints, size), size)
+            grays.append(gray)
+            conditions.append(hint_condition(gray, hint_rgb, mask))
+        repeat = batch_size // len(images)
+        gray_batch = torch.from_numpy(np.stack(grays))[:, None].repeat(repeat, 1, 1, 1)
+        condition = torch.from_numpy(np.stack(conditions)).permute(0, 3, 1, 2).repeat(repeat, 1, 1, 1)
+        return lightness * repeat, gray_batch, condition
+
+    def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
+        shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise EDNInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in step_parameters:
+            extra["eta"] = eta
+        if "generator" in step_parameters:
+            extra["generator"] = generator
+        return extra
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        condition: torch.Tensor,
+        ccd_conditioning_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """One guided noise prediction: CCD residuals added to the UNet, as diffusers runs a ControlNet.
+
+        ``prompt_embeds`` and ``condition`` are already doubled (negative first) under guidance.
+        """
+        latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+        latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+        down_block_res_samples, mid_block_res_sample = self.ccd(
+            latent_model_input,
+            t,
+            encoder_hidden_states=prompt_embeds,
+            controlnet_cond=condition,
+            conditioning_scale=ccd_conditioning_scale,
+            return_dict=False,
+        )
+        noise_pred = self.unet(
+            latent_model_input,
+            t,
+            encoder_hidden_states=prompt_embeds,
+            cross_attention_kwargs=self.cross_attention_kwargs,
+            down_block_additional_residuals=down_block_res_samples,
+            mid_block_additional_residual=mid_block_res_sample,
+            return_dict=False,
+        )[0]
+        if self.do_classifier_free_guidance:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        return noise_pred
+
+    def decode_latents(self, latents: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        """Colour latents to images in [0, 1] with the luminance-aware decoder."""
+        latents = latents / self.vae.config.scaling_factor
+        image = self.decoder(latents.to(self.decoder.dtype), (gray * 2 - 1).to(self.decoder.device, self.decoder.dtype))
+        return (image.sample.float() / 2 + 0.5).clamp(0, 1)
+
+    def postprocess(self, decoded: torch.Tensor, lightness: list[np.ndarray], output_type: str):
+        """Keep each input's L* and take the decoded image's chroma, upsampled to the input's size."""
+        outputs = []
+        for image, l_star in zip(decoded.cpu(), lightness):
+            ab = torch.from_numpy(chroma(image.permute(1, 2, 0).numpy())).permute(2, 0, 1)[None]
+            ab = F.interpolate(ab, size=l_star.shape, mode="bilinear", antialias=True, align_corners=False)
+            outputs.append(compose_with_lightness(l_star, ab[0].permute(1, 2, 0).numpy()))
+        if output_type == "pil":
+            return [PIL.Image.fromarray(to_uint8(rgb)) for rgb in outputs]
+        if output_type == "pt":
+            outputs = [torch.from_numpy(rgb).permute(2, 0, 1) for rgb in outputs]
+        if len({tuple(o.shape) for o in outputs}) == 1:
+            return np.stack(outputs) if output_type == "np" else torch.stack(outputs)
+        return outputs
+
+    # ----------------------------------------------------------------------------------------------- state
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def clip_skip(self):
+        return self._clip_skip
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+
+    @property
+    def cross_attention_kwargs(self):
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def interrupt(self):
+        return self._interrupt
+
+    # ----------------------------------------------------------------------------------------------- call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        prompt: str | list[str] | None = None,
+        hints=None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        num_images_per_prompt: int = 1,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        ccd_conditioning_scale: float = 1.0,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+    ):
+        r"""Colourise one grayscale photo or a batch.
+
+        Args:
+            image: a PIL image of any mode (colour is turned to grayscale; EXIF rotation applied), a file path,
+                a numpy array (H, W[, C]) or a torch tensor ([C,] H, W) in [0, 1] (or uint8), any size; or a
+                list of them, or a 4-D batch.
+            prompt: text describing the colours; ``None`` uses the generic prompt the model was trained with.
+            hints: colour hints for the image: a list of ``(x, y, colour)`` or ``(x, y, colour, radius)`` in
+                input pixels, colour ``"#rrggbb"`` or an RGB tuple; or an RGBA image of the input's size whose
+                alpha marks hinted pixels. For a list of images, a list with one such entry per image.
+            negative_prompt: what to guide away from (classifier-free guidance).
+            num_inference_steps: denoising steps (paper: 50).
+            guidance_scale: classifier-free guidance weight (paper: 5.0; below 4 or above 6 is worse).
+            eta: DDIM's variance weight; 0 (the paper's choice) is deterministic.
+            generator: one ``torch.Generator`` or one per output image, for reproducible results.
+            output_type: "pil", "np", "pt", or "latent" for the colour latents before decoding.
+            return_dict: return an :class:`EDNPipelineOutput` rather than a tuple.
+            callback_on_step_end: called after every step as ``callback(pipe, step, timestep, tensors)``; the
+                dict it returns may replace any of the tensors named in ``callback_on_step_end_tensor_inputs``.
+            num_images_per_prompt: how many colourisations of each input.
+            latents: initial noise, instead of drawing it from ``generator``.
+            prompt_embeds / negative_prompt_embeds: precomputed text embeddings instead of text.
+            ccd_conditioning_scale: weight of the adapter's residuals.
+            cross_attention_kwargs: passed to the UNet's attention processors.
+            clip_skip: CLIP layers to skip from the end when encoding the prompt.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        images = _as_image_list(image)
+        is_batch = isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4)
+        if is_batch and hints is not None and not isinstance(hints, (list, tuple)):
+            raise EDNInputError("for a batch of images, hints must be a list with one entry per image")
+        per_image_hints = list(hints) if is_batch and hints is not None else None
+        batch_size = self.check_inputs(
+            images,
+            prompt,
+            per_image_hints,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_inference_steps,
+            guidance_scale,
+            eta,
+            num_images_per_prompt,
+            output_type,
+            generator,
+            callback_on_step_end_tensor_inputs,
+        )
+        if per_image_hints is None:
+            per_image_hints = [None if is_batch else hints] * len(images)
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        device = self._execution_device
+
+        lightness, gray, condition = self.prepare_condition(images, per_image_hints, batch_size)
+        if prompt_embeds is None:
+            prompts = DEFAULT_PROMPT if prompt is None else prompt
+            prompts = [prompts] * batch_size if isinstance(prompts, str) else list(prompts) * (batch_size // len(prompts))
+        else:
+            prompts = None
+        if isinstance(negative_prompt, (list, tuple)):
+            negative_prompt = list(negative_prompt) * (batch_size // len(negative_prompt))
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts,
+            device,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=clip_skip,
+        )
+
+        lightness = [l_star for l_star in lightness for _ in range(num_images_per_prompt)]
+        gray = gray.repeat_interleave(num_images_per_prompt, dim=0)
+        condition = condition.repeat_interleave(num_images_per_prompt, dim=0).to(device, self.ccd.dtype)
+
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
+        self._num_timesteps = len(timesteps)
+        height, width = gray.shape[-2:]
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                if self.do_classifier_free_guidance:
+                    step_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+                    step_condition = torch.cat([condition] * 2)
+                else:
+                    step_embeds, step_condition = prompt_embeds, condition
+                noise_pred = self.predict_noise(latents, t, step_embeds, step_condition, ccd_conditioning_scale)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                        "condition": condition,
+                    }
+                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                    condition = callback_outputs.pop("condition", condition)
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                    progress_bar.update()
+
+        if output_type == "latent":
+            images_out = latents
+        else:
+            images_out = self.postprocess(self.decode_latents(latents, gray), lightness, output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images_out,)
+        return EDNPipelineOutput(images=images_out)
