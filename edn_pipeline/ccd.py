@@ -7,6 +7,7 @@ channels: grayscale, propagated hint colours and the hint mask, see :mod:`edn_pi
 """
 
 from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import ModelMixin  # noqa: F401  model_index.json names this module; diffusers finds the loader here
 
 from .hints import CONDITION_CHANNELS
 
