@@ -121,7 +121,9 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
         decoder.decoder.load_state_dict(vae.decoder.state_dict())
         if decoder.post_quant_conv is not None:
             decoder.post_quant_conv.load_state_dict(vae.post_quant_conv.state_dict())
-        return decoder.to(device=vae.device, dtype=vae.dtype)
+        if decoder.dtype != vae.dtype:  # only cast when needed: ModelMixin.to(dtype) warns
+            decoder = decoder.to(dtype=vae.dtype)
+        return decoder.to(vae.device)
 
     def _run(self, module, *args):
         if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -305,13 +305,16 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         t: torch.Tensor,
         prompt_embeds: torch.Tensor,
         condition: torch.Tensor,
+        guidance_scale: float | None = None,
         ccd_conditioning_scale: float = 1.0,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """One guided noise prediction: CCD residuals added to the UNet, as diffusers runs a ControlNet.
+        """One noise prediction: CCD residuals added to the UNet, as diffusers runs a ControlNet.
 
-        ``prompt_embeds`` and ``condition`` are already doubled (negative first) under guidance.
+        With a ``guidance_scale``, classifier-free guidance is applied and ``prompt_embeds`` and ``condition``
+        must already be doubled, negative half first.
         """
-        latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+        latent_model_input = torch.cat([latents] * 2) if guidance_scale is not None else latents
         latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
         down_block_res_samples, mid_block_res_sample = self.ccd(
             latent_model_input,
@@ -325,14 +328,14 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             latent_model_input,
             t,
             encoder_hidden_states=prompt_embeds,
-            cross_attention_kwargs=self.cross_attention_kwargs,
+            cross_attention_kwargs=cross_attention_kwargs,
             down_block_additional_residuals=down_block_res_samples,
             mid_block_additional_residual=mid_block_res_sample,
             return_dict=False,
         )[0]
-        if self.do_classifier_free_guidance:
+        if guidance_scale is not None:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-            noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
         return noise_pred
 
     def decode_latents(self, latents: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
@@ -515,7 +518,15 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                     step_condition = torch.cat([condition] * 2)
                 else:
                     step_embeds, step_condition = prompt_embeds, condition
-                noise_pred = self.predict_noise(latents, t, step_embeds, step_condition, ccd_conditioning_scale)
+                noise_pred = self.predict_noise(
+                    latents,
+                    t,
+                    step_embeds,
+                    step_condition,
+                    guidance_scale=self.guidance_scale if self.do_classifier_free_guidance else None,
+                    ccd_conditioning_scale=ccd_conditioning_scale,
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:

@@ -1,4 +1,4 @@
-"""Tiny EDN components built in the tests (no network), in the manner of diffusers' own pipeline tests."""
+"""Shared fixtures: a tiny EDN pipeline and a small real photo."""
 
 import os
 
@@ -8,82 +8,10 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from skimage import data, transform
-from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from edn_pipeline import CCDModel, EDNPipeline, LuminanceDecoder
-
-
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no merges: every character is a token."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in alphabet:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-
-
-def tiny_components(seed: int = 0) -> dict:
-    """The seven EDN components at toy size: 32-pixel working resolution, factor-2 VAE."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
-    tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
-    ccd = CCDModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    # Give the adapter and the grayscale injection non-zero outputs, as after training, so tests see them act.
-    for module in [*ccd.controlnet_down_blocks, ccd.controlnet_mid_block, ccd.controlnet_cond_embedding.conv_out]:
-        torch.nn.init.normal_(module.weight, std=0.2)
-    decoder = LuminanceDecoder.from_vae(vae)
-    for conv in decoder.gray_injections:
-        torch.nn.init.normal_(conv.weight, std=0.2)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
-    )
-    return dict(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        ccd=ccd,
-        decoder=decoder,
-        scheduler=scheduler,
-    )
+from edn_pipeline import EDNPipeline
+from edn_pipeline.testing_utils import tiny_components
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_components
+from edn_pipeline.testing_utils import tiny_components
 from diffusers import ControlNetModel
 
 from edn_pipeline import CCDModel, LuminanceDecoder

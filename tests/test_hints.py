@@ -1,0 +1,335 @@
+"""Tests for edn_pipeline.hints: parsing, propagation, lightness and the condition stack."""
+
+import colorsys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data, transform
+from skimage.segmentation import slic
+
+from edn_pipeline.errors import EDNInputError
+from edn_pipeline.hints import (
+    CONDITION_CHANNELS,
+    SLIC_COMPACTNESS,
+    SLIC_SEGMENTS,
+    HintPoint,
+    hint_condition,
+    parse_hints,
+    render_hints,
+)
+
+
+def two_regions(h=48, w=96):
+    """Left half 0.2, right half 0.8, sharp vertical edge at column w // 2."""
+    gray = np.full((h, w), 0.2, np.float32)
+    gray[:, w // 2:] = 0.8
+    return gray
+
+
+def camera(h, w):
+    return transform.resize(data.camera(), (h, w), anti_aliasing=True).astype(np.float32)
+
+
+def render(gray, hints, image_size=None):
+    image_size = image_size or (gray.shape[1], gray.shape[0])
+    return render_hints(gray, parse_hints(hints, image_size), image_size)
+
+
+def hls(rgb):
+    return colorsys.rgb_to_hls(*(float(c) for c in rgb))
+
+
+# --- propagation and lightness -------------------------------------------------
+
+
+def test_red_hint_stays_in_its_region_with_red_hue_and_input_lightness():
+    gray = two_regions()
+    hint_rgb, mask = render(gray, [(20, 24, "red")])
+    assert mask.dtype == np.float32 and hint_rgb.dtype == np.float32
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    left, right = mask[:, :48], mask[:, 48:]
+    assert right.sum() == 0
+    # Propagated beyond the default 1-pixel seed disk (about 4 pixels).
+    assert left.sum() >= 12
+    assert np.all(hint_rgb[mask == 0] == 0)
+    ys, xs = np.nonzero(mask)
+    for y, x in list(zip(ys, xs))[:: max(1, len(ys) // 8)]:
+        h, l, s = hls(hint_rgb[y, x])
+        assert h == pytest.approx(0.0, abs=1e-3)
+        assert l == pytest.approx(0.2, abs=1e-3)
+        assert s == pytest.approx(1.0, abs=1e-3)
+
+
+def test_hint_near_an_edge_does_not_leak_across_it():
+    gray = two_regions()
+    for x in (44.5, 51.5):  # 3 pixels left / right of the edge at column 48
+        _, mask = render(gray, [(x, 24, "blue")])
+        side = slice(48, None) if x < 48 else slice(None, 48)
+        assert mask[:, side].sum() == 0
+        assert mask.sum() > 0
+
+
+def test_mask_is_a_union_of_whole_slic_superpixels_on_a_real_photo():
+    gray = camera(64, 64)
+    hint_rgb, mask = render(gray, [(10, 10, "#3366cc"), (50, 40, (200, 120, 40))])
+    labels = slic(gray, n_segments=SLIC_SEGMENTS, compactness=SLIC_COMPACTNESS, channel_axis=None, start_label=0)
+    for label in np.unique(labels):
+        values = np.unique(mask[labels == label])
+        assert len(values) == 1, f"superpixel {label} is partly hinted"
+    assert 0 < mask.mean() < 0.5
+    # Every hinted pixel has the photo's own lightness (colorsys as reference).
+    ys, xs = np.nonzero(mask)
+    for y, x in list(zip(ys, xs))[:: max(1, len(ys) // 10)]:
+        assert hls(hint_rgb[y, x])[1] == pytest.approx(float(gray[y, x]), abs=1e-3)
+
+
+@pytest.mark.parametrize("colour", [(255, 0, 0), (20, 40, 200), (0, 128, 0), (250, 240, 10), (128, 128, 128), (255, 255, 255), (0, 0, 0), (90, 10, 60)])
+def test_hinted_colour_keeps_hint_hue_and_saturation(colour):
+    gray = np.full((16, 16), 0.3, np.float32)
+    hint_rgb, mask = render(gray, [(8, 8, colour)])
+    h, _, s = colorsys.rgb_to_hls(*(c / 255 for c in colour))
+    expected = colorsys.hls_to_rgb(h, 0.3, s)
+    assert mask[8, 8] == 1
+    np.testing.assert_allclose(hint_rgb[mask == 1], np.broadcast_to(expected, hint_rgb[mask == 1].shape), atol=1e-5)
+
+
+def test_seed_pixels_keep_their_colour_and_the_rest_of_the_superpixel_gets_the_mean():
+    gray = np.full((32, 32), 0.5, np.float32)
+    labels = slic(gray, n_segments=SLIC_SEGMENTS, compactness=SLIC_COMPACTNESS, channel_axis=None, start_label=0)
+    ys, xs = np.nonzero(labels == labels[16, 16])
+    assert len(ys) >= 3
+    (y1, x1), (y2, x2) = (ys[0], xs[0]), (ys[-1], xs[-1])
+    hints = [(x1 + 0.5, y1 + 0.5, "red", 0.1), (x2 + 0.5, y2 + 0.5, "blue", 0.1)]
+    hint_rgb, mask = render(gray, hints)
+    assert hls(hint_rgb[y1, x1])[0] == pytest.approx(0.0, abs=1e-3)
+    assert hls(hint_rgb[y2, x2])[0] == pytest.approx(2 / 3, abs=1e-3)
+    others = [(y, x) for y, x in zip(ys, xs) if (y, x) not in ((y1, x1), (y2, x2))]
+    mean_hue = hls((0.5, 0.0, 0.5))[0]  # purple: mean of red and blue
+    for y, x in others:
+        assert mask[y, x] == 1
+        assert hls(hint_rgb[y, x])[0] == pytest.approx(mean_hue, abs=1e-3)
+
+
+def test_render_is_deterministic():
+    gray = camera(48, 48)
+    first = render(gray, [(5, 5, "red"), (30, 40, "green")])
+    second = render(gray, [(5, 5, "red"), (30, 40, "green")])
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- points: colours, radius, scaling -------------------------------------------
+
+
+def test_colour_spellings_render_identically():
+    gray = camera(40, 40)
+    spellings = ["#ff0000", "#f00", "#ff000080", "red", (255, 0, 0), [255, 0, 0], np.array([255, 0, 0], np.uint8)]
+    reference = render(gray, [(12, 20, spellings[0])])
+    for colour in spellings[1:]:
+        result = render(gray, [(12, 20, colour)])
+        np.testing.assert_array_equal(result[0], reference[0])
+        np.testing.assert_array_equal(result[1], reference[1])
+    as_dict = render(gray, [{"x": 12, "y": 20, "color": "red"}])
+    np.testing.assert_array_equal(as_dict[0], reference[0])
+
+
+def test_parse_points_returns_hint_points():
+    points = parse_hints([(1, 2, "red"), (3.5, 4, (0, 255, 0), 7), {"x": 5, "y": 6, "color": "#00f", "radius": 2.5}], (10, 10))
+    assert points == [
+        HintPoint(1.0, 2.0, (255, 0, 0)),
+        HintPoint(3.5, 4.0, (0, 255, 0), 7.0),
+        HintPoint(5.0, 6.0, (0, 0, 255), 2.5),
+    ]
+    assert all(type(c) is int for p in points for c in p.rgb)
+    assert parse_hints(points, (10, 10)) == points  # HintPoints pass through
+    with pytest.raises(AttributeError):
+        points[0].x = 3
+
+
+def test_radius_enlarges_the_seed_disk():
+    gray = camera(64, 64)
+    _, small = render(gray, [(32, 32, "red", 0.5)])
+    _, large = render(gray, [(32, 32, "red", 12)])
+    yy, xx = np.mgrid[:64, :64] + 0.5
+    disk = (xx - 32) ** 2 + (yy - 32) ** 2 <= 12**2
+    assert np.all(large[disk] == 1)
+    assert small.sum() < large.sum()
+    assert small[32, 32] == 1  # even a tiny radius covers the pixel under the point
+
+
+def test_coordinates_are_scaled_to_the_working_size():
+    gray = two_regions(32, 64)  # working 64x32 for a 200x100 input
+    _, right = render(gray, [(199, 50, "red")], image_size=(200, 100))
+    assert right[16, 63] == 1
+    assert right[:, :32].sum() == 0
+    _, left = render(gray, [(0, 0, "red")], image_size=(200, 100))
+    assert left[0, 0] == 1
+    assert left[:, 32:].sum() == 0
+
+
+def test_radius_is_scaled_per_axis_when_the_aspect_changes():
+    # A 100x100 input squashed to 64x32: radius 20 becomes 12.8 across and 6.4 down.
+    gray = np.full((32, 64), 0.2, np.float32)
+    gray[16:] = 0.8  # an edge below the hint that a 12.8-pixel vertical radius would cross
+    _, mask = render(gray, [(50, 25, "red", 20)], image_size=(100, 100))
+    yy, xx = np.mgrid[:32, :64] + 0.5
+    ellipse = ((xx - 32) / 12.8) ** 2 + ((yy - 8) / 6.4) ** 2 <= 1
+    assert np.all(mask[ellipse] == 1)
+    assert mask[16:].sum() == 0
+
+
+# --- RGBA hint images -----------------------------------------------------------------
+
+
+def test_single_pixel_stroke_survives_downscaling():
+    rgba = np.zeros((800, 1000, 4), np.uint8)
+    rgba[300, 700] = (0, 200, 0, 255)
+    gray = camera(40, 50)
+    hint_rgb, mask = render(gray, rgba, image_size=(1000, 800))
+    assert mask[15, 35] == 1  # (700, 300) * 0.05
+    assert 0 < mask.mean() < 0.2
+    for y, x in zip(*np.nonzero(mask)):
+        h, l, _ = hls(hint_rgb[y, x])
+        assert h == pytest.approx(1 / 3, abs=1e-3)
+        assert l == pytest.approx(float(gray[y, x]), abs=1e-3)
+
+
+def test_faint_alpha_still_marks_a_hint():
+    rgba = np.zeros((400, 400, 4), np.uint8)
+    rgba[100, 100] = (255, 0, 0, 1)
+    _, mask = render(camera(20, 20), rgba, image_size=(400, 400))
+    assert mask[5, 5] == 1
+
+
+def test_transparent_pixels_do_not_tint_the_stroke_colour():
+    # Transparent pixels are blue; only the opaque red ones may count (premultiplied resize).
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 2] = 255
+    rgba[9:11, 9:11] = (255, 0, 0, 255)  # a quarter of working pixel (2, 2)
+    gray = np.full((16, 16), 0.4, np.float32)
+    hint_rgb, mask = render(gray, rgba, image_size=(64, 64))
+    assert mask[2, 2] == 1
+    for y, x in zip(*np.nonzero(mask)):
+        assert hls(hint_rgb[y, x])[0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_hint_image_at_input_size_keeps_stroke_colours():
+    gray = camera(32, 32)
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[4, 4] = (255, 0, 0, 255)
+    rgba[28, 28] = (0, 0, 255, 128)
+    hint_rgb, mask = render(gray, rgba)
+    assert mask[4, 4] == 1 and mask[28, 28] == 1
+    assert hls(hint_rgb[4, 4])[0] == pytest.approx(0.0, abs=1e-3)
+    assert hls(hint_rgb[28, 28])[0] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_pil_hint_images_are_converted_to_rgba():
+    rgba = np.zeros((10, 20, 4), np.uint8)
+    rgba[2, 3] = (10, 20, 30, 255)
+    parsed = parse_hints(Image.fromarray(rgba, "RGBA"), (20, 10))
+    assert parsed.shape == (10, 20, 4) and parsed.dtype == np.uint8
+    np.testing.assert_array_equal(parsed, rgba)
+
+    la = Image.new("LA", (20, 10), (0, 0))
+    la.putpixel((3, 2), (200, 255))
+    parsed = parse_hints(la, (20, 10))
+    assert tuple(parsed[2, 3]) == (200, 200, 200, 255) and parsed[..., 3].sum() == 255
+
+    palette = Image.new("P", (20, 10), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((3, 2), 1)
+    palette.info["transparency"] = 0
+    parsed = parse_hints(palette, (20, 10))
+    assert tuple(parsed[2, 3]) == (255, 0, 0, 255) and parsed[..., 3].sum() == 255
+
+
+def test_parse_copies_the_hint_array():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    parsed = parse_hints(rgba, (4, 4))
+    rgba[0, 0, 3] = 255
+    assert parsed[0, 0, 3] == 0
+
+
+# --- no hints and the condition ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hints", [None, [], ()])
+def test_no_hints(hints):
+    assert parse_hints(hints, (30, 20)) is None
+    hint_rgb, mask = render_hints(np.full((12, 18), 0.5, np.float32), parse_hints(hints, (30, 20)), (30, 20))
+    assert hint_rgb.shape == (12, 18, 3) and mask.shape == (12, 18)
+    assert hint_rgb.dtype == np.float32 and mask.dtype == np.float32
+    assert not hint_rgb.any() and not mask.any()
+
+
+def test_fully_transparent_hint_image_gives_zeros():
+    hint_rgb, mask = render(camera(16, 16), np.zeros((16, 16, 4), np.uint8))
+    assert not hint_rgb.any() and not mask.any()
+
+
+def test_hint_condition_stacks_gray_hints_and_mask():
+    gray = camera(24, 32)
+    hint_rgb, mask = render(gray, [(5, 5, "orange")])
+    condition = hint_condition(gray, hint_rgb, mask)
+    assert CONDITION_CHANNELS == 7
+    assert condition.shape == (24, 32, CONDITION_CHANNELS) and condition.dtype == np.float32
+    for c in range(3):
+        np.testing.assert_array_equal(condition[..., c], gray)
+    np.testing.assert_array_equal(condition[..., 3:6], hint_rgb)
+    np.testing.assert_array_equal(condition[..., 6], mask)
+    with pytest.raises(ValueError, match="hint_rgb"):
+        hint_condition(gray, hint_rgb[:-1], mask)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hints, message",
+    [
+        ([(10, 10, "red"), (5, 5, "red"), (700, 10, "red")], r"^hint 2 at \(700, 10\) is outside the 640×480 image$"),
+        ([(-1, 10, "red")], r"^hint 0 at \(-1, 10\) is outside the 640×480 image$"),
+        ([(1, 1, "red"), (640, 10, "red")], r"^hint 1 at \(640, 10\) is outside"),
+        ([(10, 480, "red")], r"^hint 0 at \(10, 480\) is outside"),
+        ([("a", 10, "red")], r"^hint 0: x must be a finite number, got 'a'$"),
+        ([(1, 1, "red"), (10, float("nan"), "red")], r"^hint 1: y must be a finite number, got nan$"),
+        ([(float("inf"), 10, "red")], r"^hint 0: x must be a finite number"),
+        ([(True, 10, "red")], r"^hint 0: x must be a finite number"),
+        ([(10, None, "red")], r"^hint 0: y must be a finite number"),
+        ([(10, 10, "blurple")], r"^hint 0: cannot parse colour 'blurple'$"),
+        ([(1, 1, "red"), (10, 10, (300, 0, 0))], r"^hint 1: colour channel 300 is outside 0\.\.255$"),
+        ([(10, 10, (0, -1, 0))], r"^hint 0: colour channel -1 is outside 0\.\.255$"),
+        ([(10, 10, (0.5, 0, 0))], r"^hint 0: colour channels must be integers 0\.\.255, got 0\.5$"),
+        ([(10, 10, (255, 0))], r"^hint 0: colour must be a colour string or three integers"),
+        ([(10, 10, None)], r"^hint 0: colour must be"),
+        ([(10, 10)], r"^hint 0: expected \(x, y, colour\) or \(x, y, colour, radius\), got 2 values$"),
+        ([(1, 1, "red"), (1, 1, "red"), (1, 1, "red"), (10, 10, "red", 2, 3)], r"^hint 3: expected .* got 5 values$"),
+        ([(10, 10, "red", 0)], r"^hint 0: radius must be > 0, got 0$"),
+        ([(10, 10, "red", -2)], r"^hint 0: radius must be > 0, got -2$"),
+        ([(10, 10, "red", float("nan"))], r"^hint 0: radius must be a finite number, got nan$"),
+        ([(10, 10, "red", float("inf"))], r"^hint 0: radius must be a finite number"),
+        ([{"x": 1, "y": 2}], r"^hint 0: missing key\(s\) 'color'$"),
+        ([{"x": 1, "y": 2, "colour": "red"}], r"^hint 0: unknown key\(s\) 'colour'; expected 'x', 'y', 'color'"),
+        ([(1, 1, "red"), "red"], r"^hint 1: expected a tuple \(x, y, colour\[, radius\]\) or a dict, got str$"),
+        ("red", r"^hints must be a list of points or an RGBA hint image, got str$"),
+        (42, r"^hints must be .* got int$"),
+        ({"x": 1, "y": 2, "color": "red"}, r"^hints must be .* got dict$"),
+        (np.zeros((50, 100, 4), np.uint8), r"^hint image is 100×50 but the input image is 640×480$"),
+        (Image.new("RGBA", (100, 50)), r"^hint image is 100×50 but the input image is 640×480$"),
+        (Image.new("RGB", (640, 480)), r"^hint image has mode RGB without alpha"),
+        (Image.new("L", (640, 480)), r"^hint image has mode L without alpha"),
+        (np.zeros((480, 640, 3), np.uint8), r"^hint image array must be uint8 \(H, W, 4\) RGBA, got uint8 array of shape \(480, 640, 3\)$"),
+        (np.zeros((480, 640, 4), np.float32), r"^hint image array must be uint8 .* got float32"),
+        (np.zeros((480, 640), np.uint8), r"^hint image array must be uint8"),
+    ],
+)
+def test_bad_hints_raise_edn_input_error(hints, message):
+    with pytest.raises(EDNInputError, match=message) as info:
+        parse_hints(hints, (640, 480))
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+    # No chained numpy/PIL traceback is shown to the user.
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None or info.value.__suppress_context__
