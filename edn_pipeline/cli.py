@@ -1,0 +1,170 @@
+"""The ``edn`` command line: ``edn colorize INPUT... --out DIR --model MODEL``."""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from .errors import EDNInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CLIError(Exception):
+    """A problem with the command line itself: reported in one line, exit status 2."""
+
+
+def find_inputs(patterns: list[str]) -> list[Path]:
+    """Files, folders (their images, recursively) and glob patterns, in a stable order without repeats."""
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise CLIError(f"no input matches {pattern!r}")
+        for match in map(Path, matches):
+            if match.is_dir():
+                found.update(dict.fromkeys(sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)))
+            elif match.exists():
+                found[match] = None
+            else:
+                raise CLIError(f"input {str(match)!r} does not exist")
+    return list(found)
+
+
+def parse_hint(text: str) -> tuple:
+    """``x,y,#rrggbb`` or ``x,y,#rrggbb,radius``."""
+    parts = text.split(",")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"hint {text!r} is not x,y,#rrggbb[,radius]")
+    try:
+        numbers = [float(parts[0]), float(parts[1])] + ([float(parts[3])] if len(parts) == 4 else [])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hint {text!r}: x, y and radius must be numbers") from None
+    return (numbers[0], numbers[1], parts[2], *numbers[2:])
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def load_hints_file(path: str) -> dict:
+    """A JSON object mapping an input's file name (or path) to its list of ``[x, y, colour(, radius)]``."""
+    try:
+        with open(path) as f:
+            hints = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise CLIError(f"cannot read hints file {path!r}: {error}") from None
+    if not isinstance(hints, dict):
+        raise CLIError(f"hints file {path!r} must hold a JSON object mapping file names to hint lists")
+    return hints
+
+
+def save_atomically(image: PIL.Image.Image, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so no half-written image is ever seen."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_pipeline(model: str, device: str, dtype: torch.dtype):
+    from .pipeline_edn import EDNPipeline
+
+    try:
+        pipe = EDNPipeline.from_pretrained(model, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"cannot load model {model!r}: {str(error).splitlines()[0]}") from None
+    return pipe.to(device)
+
+
+def colorize(args: argparse.Namespace) -> int:
+    inputs = find_inputs(args.inputs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_image_hints = load_hints_file(args.hints) if args.hints else {}
+    todo = [p for p in inputs if args.overwrite or not (out_dir / f"{p.stem}.png").exists()]
+    if len(todo) < len(inputs):
+        print(f"skipping {len(inputs) - len(todo)} already colourised (use --overwrite to redo)", file=sys.stderr)
+    if not todo:
+        return 0
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
+    pipe.set_progress_bar_config(disable=True)
+    failed = []
+    for path in tqdm(todo, desc="colorizing", unit="image"):
+        hints = per_image_hints.get(path.name, per_image_hints.get(str(path), args.hint or None))
+        try:
+            with PIL.Image.open(path) as image:
+                result = pipe(
+                    image,
+                    prompt=args.prompt,
+                    hints=hints,
+                    num_inference_steps=args.steps,
+                    guidance_scale=args.guidance,
+                    generator=torch.Generator().manual_seed(args.seed),
+                ).images[0]
+        except (OSError, EDNInputError) as error:
+            failed.append(path)
+            tqdm.write(f"edn: skipped {path}: {error}", file=sys.stderr)
+            continue
+        save_atomically(result, out_dir / f"{path.stem}.png")
+    if failed:
+        print(f"edn: {len(failed)} of {len(todo)} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edn", description="Colourise grayscale photos with EDN.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    col = commands.add_parser("colorize", help="colourise files, folders or globs into --out")
+    col.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    col.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
+    col.add_argument("--model", required=True, help="a Hub id or a local folder saved with save_pretrained")
+    col.add_argument("--prompt", default=None, help="text describing the colours")
+    col.add_argument("--hint", action="append", type=parse_hint, help="x,y,#rrggbb[,radius]; repeatable")
+    col.add_argument("--hints", help="JSON file: {file name: [[x, y, colour(, radius)], ...]}")
+    col.add_argument("--steps", type=positive_int, default=50)
+    col.add_argument("--guidance", type=non_negative_float, default=5.0)
+    col.add_argument("--seed", type=int, default=0)
+    col.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
+    col.set_defaults(run=colorize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CLIError, EDNInputError) as error:
+        print(f"edn: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
