@@ -121,7 +121,7 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
         decoder.decoder.load_state_dict(vae.decoder.state_dict())
         if decoder.post_quant_conv is not None:
             decoder.post_quant_conv.load_state_dict(vae.post_quant_conv.state_dict())
-        if decoder.dtype != vae.dtype:  # only cast when needed: ModelMixin.to(dtype) warns
+        if decoder.dtype != vae.dtype:  # only cast when needed: ModelMixin.to(dtype) always warns
             decoder = decoder.to(dtype=vae.dtype)
         return decoder.to(vae.device)
 

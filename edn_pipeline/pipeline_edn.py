@@ -112,12 +112,14 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             requires_safety_checker=False,
             **kwargs,
         )
+        if ccd is None:
+            ccd = CCDModel.from_unet(sd.unet, vae_scale_factor=sd.vae_scale_factor)
         return cls(
             vae=sd.vae,
             text_encoder=sd.text_encoder,
             tokenizer=sd.tokenizer,
             unet=sd.unet,
-            ccd=ccd if ccd is not None else CCDModel.from_unet(sd.unet).to(sd.unet.device, sd.unet.dtype),
+            ccd=ccd,
             decoder=LuminanceDecoder.from_vae(sd.vae),
             scheduler=DDIMScheduler.from_config(sd.scheduler.config),
         )

@@ -61,7 +61,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16, channels: tuple[int, i
             pad_token_id=1,
         )
     ).eval()
-    ccd = CCDModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    ccd = CCDModel.from_unet(unet, vae_scale_factor=2)
     for module in [*ccd.controlnet_down_blocks, ccd.controlnet_mid_block, ccd.controlnet_cond_embedding.conv_out]:
         torch.nn.init.normal_(module.weight, std=0.2)
     decoder = LuminanceDecoder.from_vae(vae)

@@ -72,7 +72,7 @@ def test_decoder_save_and_load_round_trip_in_safetensors(parts, tmp_path):
 
 def test_ccd_starts_as_the_unet_encoder_with_zero_outputs(parts):
     unet = parts["unet"]
-    ccd = CCDModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    ccd = CCDModel.from_unet(unet, vae_scale_factor=2)
     assert isinstance(ccd, ControlNetModel)
     assert ccd.config.conditioning_channels == CONDITION_CHANNELS
     for name, tensor in unet.down_blocks.state_dict().items():
@@ -93,3 +93,17 @@ def test_ccd_save_and_load(parts, tmp_path):
     assert type(loaded) is CCDModel
     for name, tensor in ccd.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+@pytest.mark.parametrize("factor, channels", [(8, (16, 32, 96, 256)), (2, (16, 32)), (16, (16, 32, 96, 256, 256))])
+def test_ccd_condition_embedding_downsamples_by_the_vae_factor(parts, factor, channels):
+    ccd = CCDModel.from_unet(parts["unet"], vae_scale_factor=factor)
+    assert tuple(ccd.config.conditioning_embedding_out_channels) == channels
+    with torch.no_grad():
+        embedded = ccd.controlnet_cond_embedding(torch.rand(1, CONDITION_CHANNELS, 64, 64))
+    assert embedded.shape[-1] == 64 // factor
+
+
+def test_ccd_follows_the_unet_dtype(parts):
+    unet = parts["unet"].to(torch.bfloat16)
+    assert CCDModel.from_unet(unet, vae_scale_factor=2).dtype == torch.bfloat16

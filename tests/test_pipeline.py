@@ -273,3 +273,6 @@ def test_from_stable_diffusion_builds_an_untrained_edn(tmp_path, photo):
         expected = sd.vae.decode(latents).sample
         got = pipe.decoder(latents, torch.rand(1, 1, 16, 16)).sample
     assert torch.equal(got, expected)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(photo, hints=[(3, 3, "red")], num_inference_steps=STEPS, generator=seeded(0)).images[0]
+    assert out.size == (photo.shape[1], photo.shape[0])
