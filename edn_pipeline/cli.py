@@ -93,7 +93,7 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
     from .pipeline_edn import EDNPipeline
 
     try:
-        pipe = EDNPipeline.from_pretrained(model, torch_dtype=dtype)
+        pipe = EDNPipeline.from_pretrained(model, dtype=dtype)
     except (OSError, ValueError) as error:
         raise CLIError(f"cannot load model {model!r}: {str(error).splitlines()[0]}") from None
     return pipe.to(device)

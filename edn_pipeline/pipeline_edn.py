@@ -103,7 +103,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         The CCD adapter is copied from the UNet's encoder with zero outputs and the decoder from the VAE's
         decoder with zero grayscale injection, so before training EDN's decoder reproduces SD's exactly.
-        ``kwargs`` (``torch_dtype``, ``variant``, ``revision``, ...) go to ``StableDiffusionPipeline.from_pretrained``.
+        ``kwargs`` (``dtype``, ``variant``, ``revision``, ...) go to ``StableDiffusionPipeline.from_pretrained``.
         """
         sd = StableDiffusionPipeline.from_pretrained(
             pretrained_model_name_or_path,
