@@ -9,7 +9,7 @@ still has that structure. A small grayscale encoder therefore feeds every up blo
 import torch
 from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
+from diffusers.models.autoencoders.vae import AutoencoderMixin, Decoder, DecoderOutput
 from diffusers.models.controlnets.controlnet import zero_module
 from torch import nn
 
@@ -40,11 +40,14 @@ class GrayscaleEncoder(nn.Module):
         return features
 
 
-class LuminanceDecoder(ModelMixin, ConfigMixin):
+class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     """SD's KL-f8 decoder with grayscale features injected into every up block.
 
     ``forward(latents, gray)`` takes unscaled latents (as ``AutoencoderKL.decode`` does) and the grayscale
     image in [-1, 1] at the output size, shape (B, 1, H, W); it returns the colour image in [-1, 1].
+    ``scaling_factor`` is the VAE's latent scale, kept here so that inference needs no VAE.
+    ``enable_slicing()`` decodes a batch one image at a time. Tiling is not offered: EDN always decodes at
+    the model's working resolution (large inputs only get their chroma upsampled), so it never needs it.
     """
 
     _supports_gradient_checkpointing = True
@@ -62,10 +65,12 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
         act_fn: str = "silu",
         mid_block_add_attention: bool = True,
         use_post_quant_conv: bool = True,
+        scaling_factor: float = 0.18215,
         use_gray_encoder: bool = True,
         gray_encoder_block_out_channels: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        self.use_slicing = False
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         self.decoder = Decoder(
             in_channels=latent_channels,
@@ -115,6 +120,7 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
             act_fn=vae_config.act_fn,
             mid_block_add_attention=vae_config.get("mid_block_add_attention", True),
             use_post_quant_conv=vae_config.get("use_post_quant_conv", True),
+            scaling_factor=vae_config.scaling_factor,
         )
         config.update(config_overrides)
         decoder = cls(**config)
@@ -133,14 +139,22 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
     def forward(
         self, latents: torch.Tensor, gray: torch.Tensor | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        gray_features = None
         if self.gray_encoder is not None:
             expected = (latents.shape[0], 1, latents.shape[2] * self.scale_factor, latents.shape[3] * self.scale_factor)
             if gray is None or tuple(gray.shape) != expected:
                 got = None if gray is None else tuple(gray.shape)
                 raise ValueError(f"LuminanceDecoder needs a grayscale image of shape {expected}, got {got}")
-            gray_features = self._run(self.gray_encoder, gray.to(latents.dtype))
+        if self.use_slicing and latents.shape[0] > 1:
+            grays = gray.split(1) if gray is not None else [None] * latents.shape[0]
+            sample = torch.cat([self._decode(z, g) for z, g in zip(latents.split(1), grays)])
+        else:
+            sample = self._decode(latents, gray)
+        if not return_dict:
+            return (sample,)
+        return DecoderOutput(sample=sample)
 
+    def _decode(self, latents: torch.Tensor, gray: torch.Tensor | None) -> torch.Tensor:
+        gray_features = None if self.gray_encoder is None else self._run(self.gray_encoder, gray.to(latents.dtype))
         sample = latents if self.post_quant_conv is None else self.post_quant_conv(latents)
         decoder = self.decoder
         sample = decoder.conv_in(sample)
@@ -149,8 +163,4 @@ class LuminanceDecoder(ModelMixin, ConfigMixin):
             if gray_features is not None:
                 sample = sample + self.gray_injections[i](gray_features[self._levels[i]])
             sample = self._run(up_block, sample)
-        sample = decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(sample)))
-
-        if not return_dict:
-            return (sample,)
-        return DecoderOutput(sample=sample)
+        return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(sample)))

@@ -59,7 +59,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
     image; the output keeps the input's CIE L* and takes only its chroma from the model.
 
     Args:
-        vae ([`AutoencoderKL`]): SD's autoencoder; its encoder makes training latents, its config the latent scale.
+        vae ([`AutoencoderKL`], *optional*): SD's autoencoder; its encoder makes training latents. Inference
+            does not use it, so it may be ``None``.
         text_encoder ([`~transformers.CLIPTextModel`]): frozen CLIP text encoder.
         tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
         unet ([`UNet2DConditionModel`]): frozen SD UNet.
@@ -69,8 +70,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->ccd->unet->decoder"
-    _optional_components = []
-    _exclude_from_cpu_offload = ["vae"]
+    _optional_components = ["vae"]  # only training and the reconstruction benchmark encode images
+    _exclude_from_cpu_offload = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "condition"]
 
     def __init__(
@@ -93,7 +94,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             decoder=decoder,
             scheduler=scheduler,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+        self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
 
     @classmethod
     def from_stable_diffusion(
@@ -342,7 +343,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     def decode_latents(self, latents: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
         """Colour latents to images in [0, 1] with the luminance-aware decoder."""
-        latents = latents / self.vae.config.scaling_factor
+        latents = latents / self.decoder.config.scaling_factor
         image = self.decoder(latents.to(self.decoder.dtype), (gray * 2 - 1).to(self.decoder.device, self.decoder.dtype))
         return (image.sample.float() / 2 + 0.5).clamp(0, 1)
 
@@ -360,6 +361,30 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if len({tuple(o.shape) for o in outputs}) == 1:
             return np.stack(outputs) if output_type == "np" else torch.stack(outputs)
         return outputs
+
+    # ----------------------------------------------------------------------------------------------- memory
+
+    def enable_vae_slicing(self):
+        """Decode (and encode, with the VAE) one image at a time, so a batch needs the memory of one image."""
+        self.decoder.enable_slicing()
+        if self.vae is not None:
+            self.vae.enable_slicing()
+
+    def disable_vae_slicing(self):
+        self.decoder.disable_slicing()
+        if self.vae is not None:
+            self.vae.disable_slicing()
+
+    def enable_vae_tiling(self):
+        """Not offered: EDN decodes at the model's working resolution whatever the input size.
+
+        Large inputs are colourised at that resolution and only their chroma is upsampled, so decoding never
+        needs more memory than one working-size image; tiles would also cut the grayscale encoder's context.
+        """
+        raise NotImplementedError(
+            "EDN does not tile its decoder: it always decodes at the model's working resolution and only "
+            "upsamples the chroma of large inputs, so decoding memory does not grow with the input size"
+        )
 
     # ----------------------------------------------------------------------------------------------- state
 
