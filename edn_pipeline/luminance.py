@@ -33,8 +33,8 @@ __all__ = [
 _RANGE_SLACK = 1e-3
 # Linear-sRGB tolerance for "inside the gamut"; float32 round-off is ~1e-6.
 _GAMUT_TOL = 1e-5
-# Bisection steps: chroma ends within 2**-10 (0.1 %) of the gamut boundary.
-_BISECTION_STEPS = 10
+# Bisection steps: chroma ends within 2**-16 of the gamut boundary, so outputs change smoothly with input.
+_BISECTION_STEPS = 16
 # Pixels per block in compose_with_lightness: bounds memory on huge images
 # and keeps the working set in cache.
 _BLOCK_PIXELS = 1 << 18

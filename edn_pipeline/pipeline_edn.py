@@ -344,7 +344,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
     def decode_latents(self, latents: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
         """Colour latents to images in [0, 1] with the luminance-aware decoder."""
         latents = latents / self.decoder.config.scaling_factor
-        image = self.decoder(latents.to(self.decoder.dtype), (gray * 2 - 1).to(self.decoder.device, self.decoder.dtype))
+        gray = (gray * 2 - 1).to(latents.device, self.decoder.dtype)  # decoder.device is "meta" when offloaded
+        image = self.decoder(latents.to(self.decoder.dtype), gray)
         return (image.sample.float() / 2 + 0.5).clamp(0, 1)
 
     def postprocess(self, decoded: torch.Tensor, lightness: list[np.ndarray], output_type: str):
