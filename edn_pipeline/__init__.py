@@ -8,8 +8,9 @@ from .luminance_decoder import LuminanceDecoder
 from .pipeline_edn import EDNPipeline
 from .pipeline_output import EDNPipelineOutput
 
-# `DiffusionPipeline.from_pretrained` looks a saved pipeline's class up by name in the diffusers namespace.
-diffusers.EDNPipeline = EDNPipeline
+# `DiffusionPipeline.from_pretrained` (and diffusers' tooling) look a pipeline class up by name in diffusers'
+# namespace; registering EDN there lets plain diffusers load a saved EDN folder once this package is imported.
+diffusers.EDNPipeline = diffusers.pipelines.EDNPipeline = EDNPipeline
 
 __all__ = ["CCDModel", "EDNInputError", "EDNPipeline", "EDNPipelineOutput", "LuminanceDecoder"]
 __version__ = "0.1.0"

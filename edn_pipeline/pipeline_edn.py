@@ -166,15 +166,17 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device).repeat_interleave(num_images_per_prompt, dim=0)
 
-        if not do_classifier_free_guidance:
-            return prompt_embeds, None
-        if negative_prompt_embeds is None:
-            negatives = negative_prompt if negative_prompt is not None else ""
-            negatives = [negatives] * batch_size if isinstance(negatives, str) else list(negatives)
-            _batch_length("negative prompts", len(negatives), batch_size)
-            negative_prompt_embeds = self._encode_text(negatives * (batch_size // len(negatives)), device, None)
-        negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
-        return prompt_embeds, negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:
+            if negative_prompt_embeds is None:
+                negatives = negative_prompt if negative_prompt is not None else ""
+                negatives = [negatives] * batch_size if isinstance(negatives, str) else list(negatives)
+                _batch_length("negative prompts", len(negatives), batch_size)
+                negative_prompt_embeds = self._encode_text(negatives * (batch_size // len(negatives)), device, None)
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        else:
+            negative_prompt_embeds = None
+        return prompt_embeds, negative_prompt_embeds
 
     def _encode_text(self, texts: list[str], device: torch.device, clip_skip: int | None) -> torch.Tensor:
         ids = self.tokenizer(
