@@ -205,6 +205,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         guidance_scale,
         eta,
         num_images_per_prompt,
+        vq_steps,
+        temperature,
         output_type,
         generator,
         callback_on_step_end_tensor_inputs,
@@ -219,6 +221,13 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 raise EDNInputError(f"{name} must be a finite number >= 0, got {value!r}")
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise EDNInputError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if vq_steps is not None:
+            limit = self.decoder.config.vq_num_train_timesteps if self.decoder.refiner is not None else 0
+            if isinstance(vq_steps, bool) or not isinstance(vq_steps, int) or not 0 <= vq_steps <= limit:
+                where = "this model's decoder has no token refiner" if limit == 0 else f"the decoder has {limit}"
+                raise EDNInputError(f"vq_steps must be an integer in [0, {limit}] ({where}), got {vq_steps!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise EDNInputError(f"temperature must be a finite number > 0, got {temperature!r}")
         if output_type not in OUTPUT_TYPES:
             raise EDNInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
@@ -343,11 +352,22 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
         return noise_pred
 
-    def decode_latents(self, latents: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
-        """Colour latents to images in [0, 1] with the luminance-aware decoder."""
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        gray: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        vq_steps: int | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Colour latents to images in [0, 1] with the luminance-aware (VQ-Diffusion) decoder."""
         latents = latents / self.decoder.config.scaling_factor
-        gray = (gray * 2 - 1).to(latents.device, self.decoder.dtype)  # decoder.device is "meta" when offloaded
-        image = self.decoder(latents.to(self.decoder.dtype), gray)
+        dtype = self.decoder.dtype
+        gray = (gray * 2 - 1).to(latents.device, dtype)  # decoder.device is "meta" when offloaded
+        if prompt_embeds is not None:
+            prompt_embeds = prompt_embeds.to(dtype)
+        image = self.decoder(latents.to(dtype), gray, prompt_embeds, vq_steps, temperature, generator)
         return (image.sample.float() / 2 + 0.5).clamp(0, 1)
 
     def postprocess(self, decoded: torch.Tensor, lightness: list[np.ndarray], output_type: str):
@@ -439,6 +459,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        vq_steps: int | None = None,
+        temperature: float = 1.0,
         ccd_conditioning_scale: float = 1.0,
         cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
@@ -465,6 +487,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             num_images_per_prompt: how many colourisations of each input.
             latents: initial noise, instead of drawing it from ``generator``.
             prompt_embeds / negative_prompt_embeds: precomputed text embeddings instead of text.
+            vq_steps: steps of the decoder's token refinement (re-noise the colour tokens to that step of the
+                mask-and-replace process and denoise them); 0 turns it off, ``None`` uses the decoder's default.
+                Only for decoders with a refiner.
+            temperature: divides the refiner's token logits before sampling (paper: stable within 0.8-1.2).
             ccd_conditioning_scale: weight of the adapter's residuals.
             cross_attention_kwargs: passed to the UNet's attention processors.
             clip_skip: CLIP layers to skip from the end when encoding the prompt.
@@ -488,6 +514,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             guidance_scale,
             eta,
             num_images_per_prompt,
+            vq_steps,
+            temperature,
             output_type,
             generator,
             callback_on_step_end_tensor_inputs,
@@ -579,7 +607,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if output_type == "latent":
             images_out = latents
         else:
-            images_out = self.postprocess(self.decode_latents(latents, gray), lightness, output_type)
+            decoded = self.decode_latents(latents, gray, prompt_embeds, vq_steps, temperature, generator)
+            images_out = self.postprocess(decoded, lightness, output_type)
         self.maybe_free_model_hooks()
 
         if not return_dict:

@@ -19,10 +19,13 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
-def tiny_components(seed: int = 0, sample_size: int = 16, channels: tuple[int, int] = (8, 16)) -> dict:
+def tiny_components(
+    seed: int = 0, sample_size: int = 16, channels: tuple[int, int] = (8, 16), vq_decoder: bool = False
+) -> dict:
     """The seven EDN components at toy size: a factor-2 VAE, so ``2 * sample_size`` pixels working resolution.
 
     The adapter and the grayscale injection get random (not zero) outputs, as after training, so they act.
+    ``vq_decoder`` adds the quantiser and token refiner (32 codes, 10 mask-and-replace steps, 4 used).
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -64,7 +67,18 @@ def tiny_components(seed: int = 0, sample_size: int = 16, channels: tuple[int, i
     ccd = CCDModel.from_unet(unet, vae_scale_factor=2)
     for module in [*ccd.controlnet_down_blocks, ccd.controlnet_mid_block, ccd.controlnet_cond_embedding.conv_out]:
         torch.nn.init.normal_(module.weight, std=0.2)
-    decoder = LuminanceDecoder.from_vae(vae)
+    vq_options = dict(
+        use_quantizer=True,
+        codebook_size=32,
+        use_refiner=True,
+        refiner_dim=16,
+        refiner_layers=1,
+        refiner_heads=2,
+        refiner_cross_attention_dim=16,
+        vq_num_train_timesteps=10,
+        vq_inference_steps=4,
+    )
+    decoder = LuminanceDecoder.from_vae(vae, **(vq_options if vq_decoder else {}))
     for conv in decoder.gray_injections:
         torch.nn.init.normal_(conv.weight, std=0.2)
     scheduler = DDIMScheduler(
