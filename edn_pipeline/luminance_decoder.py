@@ -21,6 +21,7 @@ from diffusers.models.controlnets.controlnet import zero_module
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .mask_and_replace import q_sample
 from .token_refiner import TokenRefiner
 
 
@@ -227,8 +228,6 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         generator: torch.Generator | None = None,
     ) -> torch.LongTensor:
         """Re-noise the tokens to step ``steps - 1`` of the mask-and-replace process and denoise them to 0."""
-        from .mask_and_replace import q_sample  # TEMP: module being written
-
         batch, height, width = tokens.shape
         scheduler = self.vq_scheduler
         scheduler.set_timesteps(self.config.vq_num_train_timesteps, device=tokens.device)

@@ -33,16 +33,10 @@ class TokenRefiner(nn.Module):
         self.token_embedding = nn.Embedding(codebook_size + 1, dim)  # the last class is [MASK]
         self.gray_projection = nn.Conv2d(gray_channels, dim, 1)
         self.position = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        # Added before every block; diffusers' AdaLayerNorm would need one timestep for the whole batch.
+        self.time_embedding = nn.Embedding(num_timesteps, dim)
         self.blocks = nn.ModuleList(
-            BasicTransformerBlock(
-                dim,
-                num_heads,
-                dim // num_heads,
-                cross_attention_dim=cross_attention_dim,
-                num_embeds_ada_norm=num_timesteps,
-                norm_type="ada_norm",
-                attention_bias=True,
-            )
+            BasicTransformerBlock(dim, num_heads, dim // num_heads, cross_attention_dim=cross_attention_dim, attention_bias=True)
             for _ in range(num_layers)
         )
         self.norm_out = nn.LayerNorm(dim)
@@ -66,12 +60,11 @@ class TokenRefiner(nn.Module):
         hidden = self.token_embedding(tokens).permute(0, 3, 1, 2) + self.gray_projection(gray_features)
         hidden = hidden + self.position(hidden)
         hidden = hidden.flatten(2).transpose(1, 2)
+        time = self.time_embedding(timestep)[:, None, :]
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden = self._gradient_checkpointing_func(
-                    block, hidden, None, encoder_hidden_states, None, timestep
-                )
+                hidden = self._gradient_checkpointing_func(block, hidden + time, None, encoder_hidden_states)
             else:
-                hidden = block(hidden, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
+                hidden = block(hidden + time, encoder_hidden_states=encoder_hidden_states)
         logits = self.to_logits(self.norm_out(hidden)).float() / temperature
         return torch.log_softmax(logits, dim=-1).transpose(1, 2)

@@ -1,0 +1,204 @@
+"""EDN's training losses (paper Eqs. 1–6) as plain differentiable functions, so training scripts only wire them."""
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from diffusers import VQDiffusionScheduler
+from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
+
+from .mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, q_xt_given_x0_log_probs
+
+__all__ = [
+    "CCDLoss",
+    "VQDiffusionLoss",
+    "ccd_loss",
+    "diffusion_loss",
+    "predicted_x0",
+    "total_loss",
+    "vq_diffusion_loss",
+]
+
+
+class CCDLoss(NamedTuple):
+    """The three terms of Eq. 4, each already weighted, and their sum."""
+
+    color: torch.Tensor
+    exposure: torch.Tensor
+    smoothness: torch.Tensor
+    total: torch.Tensor
+
+
+class VQDiffusionLoss(NamedTuple):
+    """Eq. 6 in nats per token; see :func:`vq_diffusion_loss` for the estimator."""
+
+    l0: torch.Tensor
+    lt: torch.Tensor
+    lT: torch.Tensor
+    vlb: torch.Tensor
+    total: torch.Tensor
+
+
+def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean squared error between the predicted and the true noise."""
+    if noise_pred.shape != noise.shape:  # mse_loss would broadcast a mismatch with only a warning
+        raise ValueError(f"noise_pred {tuple(noise_pred.shape)} and noise {tuple(noise.shape)} differ in shape")
+    return F.mse_loss(noise_pred, noise)
+
+
+def predicted_x0(
+    x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod_t: torch.Tensor | float
+) -> torch.Tensor:
+    """Eq. 3: the clean sample implied by a noise prediction, x̃_0 = (x_t − sqrt(1 − ᾱ_t)·ε) / sqrt(ᾱ_t).
+
+    The paper writes α_t in the denominator; the forward process x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε is
+    inverted by the cumulative ᾱ_t (as in DDPM), which is what this uses. ``alphas_cumprod_t`` is a scalar or
+    one value per example, shape (B,) (e.g. ``scheduler.alphas_cumprod[timesteps]``).
+    """
+    if x_t.shape != eps.shape:
+        raise ValueError(f"x_t {tuple(x_t.shape)} and eps {tuple(eps.shape)} differ in shape")
+    alpha_bar = torch.as_tensor(alphas_cumprod_t, dtype=x_t.dtype, device=x_t.device)
+    if alpha_bar.ndim == 1 and alpha_bar.shape[0] == x_t.shape[0]:
+        alpha_bar = alpha_bar.view(-1, *[1] * (x_t.ndim - 1))
+    elif alpha_bar.ndim != 0:
+        raise ValueError(
+            f"alphas_cumprod_t must be a scalar or have shape ({x_t.shape[0]},), got {tuple(alpha_bar.shape)}"
+        )
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+# BT.601 full-range (JPEG) RGB -> YCbCr rows; the chroma offsets of +0.5 are left out as only differences are used.
+_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    # By hand because skimage.color.rgb2ycbcr is NumPy-only and so not differentiable.
+    return torch.einsum("ck,bkhw->bchw", _RGB_TO_YCBCR.to(rgb), rgb)
+
+
+def ccd_loss(
+    pred_rgb: torch.Tensor,
+    ref_rgb: torch.Tensor,
+    gray: torch.Tensor | None = None,
+    patch_size: int = 8,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> CCDLoss:
+    """Eq. 4 on RGB images in [0, 1], shape (B, 3, H, W); ``gray`` (B, 1, H, W) is the grayscale input.
+
+    The paper names its terms without fixing them; this is the reading used:
+
+    * colour consistency, Σ_k |R_k − R_E|: both images are cut into ``patch_size``² regions (the last row and
+      column of regions may be smaller) and R is a region's mean chroma; the term is the mean L1 distance over
+      regions and the two chroma channels. It is zero whenever the regional colour distributions agree.
+    * exposure, Σ (Y_m − Y_n)²: Zero-DCE's spatial consistency. For every pair of 4-adjacent regions (m, n) the
+      luminance step Y_m − Y_n of the prediction must equal that of the reference (``gray`` if given, else the
+      reference's luma): the mean over pairs of ((Ŷ_m − Ŷ_n) − (Y_m − Y_n))². It ignores a uniform brightness
+      offset and penalises flattening or inverting the reference's luminance structure.
+    * smoothness, Σ_c (|∇_h M_c| + |∇_v M_c|)²: total variation of the prediction's chroma maps M_c, with
+      forward differences (zero past the last row and column), summed over the two channels and averaged over
+      pixels.
+
+    Colour is measured in YCbCr: a linear map, so gradients are as well-behaved as in RGB (CIELAB's cube root
+    has an unbounded slope near black), and it splits luma, used by the exposure term, from chroma, used by the
+    other two, exactly.
+    """
+    if pred_rgb.ndim != 4 or pred_rgb.shape[1] != 3:
+        raise ValueError(f"pred_rgb must have shape (B, 3, H, W), got {tuple(pred_rgb.shape)}")
+    if ref_rgb.shape != pred_rgb.shape:
+        raise ValueError(f"ref_rgb {tuple(ref_rgb.shape)} must match pred_rgb {tuple(pred_rgb.shape)}")
+    batch, _, height, width = pred_rgb.shape
+    if gray is not None and gray.shape != (batch, 1, height, width):
+        raise ValueError(f"gray must have shape ({batch}, 1, {height}, {width}), got {tuple(gray.shape)}")
+    if math.ceil(height / patch_size) * math.ceil(width / patch_size) < 2:
+        raise ValueError(f"a {height}x{width} image has fewer than two {patch_size}x{patch_size} regions")
+
+    pred, ref = _ycbcr(pred_rgb), _ycbcr(ref_rgb)
+    pred_regions = F.avg_pool2d(pred, patch_size, ceil_mode=True)
+    ref_regions = F.avg_pool2d(ref, patch_size, ceil_mode=True)
+
+    color = (pred_regions[:, 1:] - ref_regions[:, 1:]).abs().mean()
+
+    ref_luma = ref_regions[:, :1] if gray is None else F.avg_pool2d(gray, patch_size, ceil_mode=True)
+    offset = pred_regions[:, :1] - ref_luma  # a step mismatch between m and n is offset_m - offset_n
+    steps = torch.cat([offset.diff(dim=-1).flatten(1), offset.diff(dim=-2).flatten(1)], dim=1)
+    exposure = steps.square().mean()
+
+    chroma = pred[:, 1:]
+    grad_h = F.pad(chroma.diff(dim=-1), (0, 1))
+    grad_v = F.pad(chroma.diff(dim=-2), (0, 0, 0, 1))
+    smoothness = (grad_h.abs() + grad_v.abs()).square().sum(dim=1).mean()
+
+    color, exposure, smoothness = (w * term for w, term in zip(weights, (color, exposure, smoothness)))
+    return CCDLoss(color, exposure, smoothness, color + exposure + smoothness)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) over dim 1, averaged over tokens: one value per example, in nats per token."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean(dim=-1)
+
+
+def vq_diffusion_loss(
+    log_model_x0: torch.Tensor,
+    x_0: torch.LongTensor,
+    x_t: torch.LongTensor,
+    t: torch.LongTensor,
+    scheduler: VQDiffusionScheduler,
+    aux_weight: float = 0.0,
+) -> VQDiffusionLoss:
+    """Eq. 6, the variational bound L_0 + Σ_t L_t + L_T of the mask-and-replace process, from one t per example.
+
+    ``log_model_x0`` (B, K, N) is the model's normalised log p(x_0 | x_t) (a log_softmax) at ``x_t`` (B, N),
+    drawn with :func:`~edn_pipeline.mask_and_replace.q_sample` from ``x_0`` (B, N) at ``t`` (B,), t uniform in
+    [0, T). With the scheduler's indexing, the paper's x_1 … x_T are its steps 0 … T − 1, and per example:
+
+    * t = 0: L_0 = −log p(x_0 | x_1), the NLL of ``x_0`` under ``log_model_x0``;
+    * t ≥ 1: L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p(x_{t−1} | x_t)), both from
+      :func:`~edn_pipeline.mask_and_replace.posterior_log_probs` (one-hot x_0, and the model's prediction);
+    * L_T = KL(q(x_{T−1} | x_0) ‖ p(x_T)) with the prior p(x_T) the forward marginal at T − 1 of a uniform x_0
+      (ā/K + b̄ per token, c̄ for [MASK]: almost all [MASK]). It has no model parameters; it is reported and
+      included in ``vlb``.
+
+    All terms are in nats per token (averaged over N). ``l0`` and ``lt`` are batch means of the sampled term
+    split by case (an example contributes to one of them and zero to the other), ``lT`` the batch mean of L_T.
+    Since E_t[T · L_t] = Σ_{t=0}^{T−1} L_t, the unbiased estimate of the bound is
+    ``vlb = T · (l0 + lt) + lT``, and ``total = vlb + aux_weight · CE`` with CE the cross-entropy of ``x_0``
+    under ``log_model_x0`` (VQ-Diffusion's auxiliary loss). Computed in float32 whatever the input dtype.
+    """
+    num_tokens = scheduler.config.num_vec_classes - 1
+    _check_tokens(x_0, "x_0")
+    if x_t.shape != x_0.shape:
+        raise ValueError(f"x_0 {tuple(x_0.shape)} and x_t {tuple(x_t.shape)} must share one shape (B, N)")
+    batch, length = x_0.shape
+    if log_model_x0.shape != (batch, num_tokens, length):
+        raise ValueError(
+            f"log_model_x0 must have shape (B, K, N) = ({batch}, {num_tokens}, {length}), "
+            f"got {tuple(log_model_x0.shape)}"
+        )
+    _check_timesteps(t, batch, scheduler)
+    num_steps = scheduler.config.num_train_timesteps
+    log_model_x0 = log_model_x0.float()
+
+    nll = -log_model_x0.gather(1, x_0.unsqueeze(1)).squeeze(1).mean(dim=-1)
+    # t = 0 examples take the NLL; evaluating their (unused) KL at t = 1 keeps the batch in one vectorised call.
+    t_kl = t.clamp(min=1)
+    log_true = posterior_log_probs(index_to_log_onehot(x_0, num_tokens), x_t, t_kl, scheduler)
+    log_model = posterior_log_probs(log_model_x0, x_t, t_kl, scheduler)
+    is_first = t == 0
+    l0 = torch.where(is_first, nll, 0.0).mean()
+    lt = torch.where(is_first, 0.0, _kl(log_true, log_model)).mean()
+
+    last = torch.full((batch,), num_steps - 1, device=x_0.device)
+    tokens = torch.arange(num_tokens, device=x_0.device).unsqueeze(0)
+    log_prior = q_xt_given_x0_log_probs(tokens, last[:1], scheduler).logsumexp(dim=-1, keepdim=True)
+    lT = _kl(q_xt_given_x0_log_probs(x_0, last, scheduler), log_prior - math.log(num_tokens)).mean()
+
+    vlb = num_steps * (l0 + lt) + lT
+    return VQDiffusionLoss(l0, lt, lT, vlb, vlb + aux_weight * nll.mean())
+
+
+def total_loss(
+    l_dif: torch.Tensor, l_ccd: torch.Tensor, l_vq: torch.Tensor, lambda_ccd: float = 0.1, lambda_vq: float = 0.6
+) -> torch.Tensor:
+    """Eq. 1: L_dif + λ1·L_CCD + λ2·L_VQ-Dif, with the paper's λ1 = 0.1 and λ2 = 0.6 by default."""
+    return l_dif + lambda_ccd * l_ccd + lambda_vq * l_vq
