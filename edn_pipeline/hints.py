@@ -101,11 +101,18 @@ def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[
     hint_rgb[filled] = means[labels[filled]]
     hint_rgb[seed] = seed_colours
 
-    # Keep each colour's hue and saturation, take lightness from the gray image.
-    hue, sat = _rgb_to_hue_sat(hint_rgb[filled])
-    hint_rgb[filled] = _hsl_to_rgb(hue, sat, gray[filled])
+    hint_rgb[filled] = relight(hint_rgb[filled], gray[filled])
     mask[filled] = 1.0
     return hint_rgb, mask
+
+
+def relight(colours: np.ndarray, lightness: np.ndarray) -> np.ndarray:
+    """Hue and saturation of ``colours`` (N, 3) with HSL lightness ``lightness`` (N,): hints never change tones.
+
+    Training (:mod:`edn_pipeline.hint_sampling`) and inference share this rule, so their conditions match.
+    """
+    hue, sat = _rgb_to_hue_sat(colours)
+    return _hsl_to_rgb(hue, sat, lightness)
 
 
 def hint_condition(gray: np.ndarray, hint_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,155 @@
+"""Training-time colour hints, sampled as the paper does (§2.1).
+
+The ground-truth colour photo is cut into SLIC superpixels, each superpixel's
+mean colour is quantised to a small palette (k-means in CIELAB), and a random
+30–50 % of the superpixels become hints; with a small probability a sample
+gets no hints at all, so the adapter also learns the unconditional mode.
+
+A kept region's hint colour follows exactly the rule used at inference
+(:func:`edn_pipeline.hints.render_hints`): the quantised colour's HSL hue and
+saturation, with the gray image's own value as HSL lightness.  Training and
+inference conditions therefore only differ in *where* hints come from
+(regions of the true colours vs. a user's points), never in how they look.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.cluster.vq import kmeans2
+from skimage.color import lab2rgb, rgb2lab
+from skimage.segmentation import slic
+
+from edn_pipeline.errors import EDNInputError
+from edn_pipeline.hints import SLIC_SEGMENTS, relight
+
+__all__ = [
+    "TRAIN_SLIC_SEGMENTS",
+    "TRAIN_SLIC_COMPACTNESS",
+    "TRAIN_N_COLORS",
+    "quantized_superpixels",
+    "sample_training_hints",
+]
+
+# Same number of superpixels as inference-time propagation, so a training hint
+# region has the size of the region a user's point spreads over.
+TRAIN_SLIC_SEGMENTS = SLIC_SEGMENTS
+# skimage's usual compactness for colour images (SLIC works in CIELAB, L* spanning 0..100).
+TRAIN_SLIC_COMPACTNESS = 10.0
+# Palette size of the colour quantisation (capped by the number of superpixels).
+TRAIN_N_COLORS = 32
+# Lloyd iterations of the palette's k-means; superpixel means are few, so this is cheap.
+_KMEANS_ITERATIONS = 10
+# The palette depends on the image only (not on the sample's rng): quantisation is a
+# property of the photo, the randomness of a sample is which regions become hints.
+_KMEANS_SEED = 0
+
+
+def quantized_superpixels(
+    rgb: np.ndarray, n_segments: int = TRAIN_SLIC_SEGMENTS, n_colors: int = TRAIN_N_COLORS
+) -> tuple[np.ndarray, np.ndarray]:
+    """SLIC superpixels of a colour image and each superpixel's quantised colour.
+
+    Args:
+        rgb: (H, W, 3) float sRGB in [0, 1].
+        n_segments: approximate number of SLIC superpixels.
+        n_colors: palette size; the mean colours of the superpixels are clustered
+            (k-means in CIELAB) into at most this many colours.
+
+    Returns:
+        ``(labels, colours)``: (H, W) int labels 0..n-1 (``skimage.segmentation.slic``
+        with ``compactness=TRAIN_SLIC_COMPACTNESS, start_label=0``) and (n, 3) float32
+        sRGB, the quantised colour of each superpixel.  Deterministic.
+    """
+    rgb = _check_rgb(rgb)
+    labels = slic(rgb, n_segments=n_segments, compactness=TRAIN_SLIC_COMPACTNESS, start_label=0)
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    counts = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
+    means = np.stack([np.bincount(flat, rgb[..., c].ravel(), minlength=n) for c in range(3)], axis=1)
+    means = np.clip(means / counts[:, None], 0.0, 1.0)
+
+    lab = rgb2lab(means[None])[0]
+    k = min(n_colors, len(np.unique(np.round(lab, 4), axis=0)))
+    if k < 2:
+        return labels, means.astype(np.float32)
+    with warnings.catch_warnings():
+        # An emptied cluster keeps its old centroid; it simply goes unused.
+        warnings.filterwarnings("ignore", message=".*clusters is empty.*")
+        centroids, assignment = kmeans2(lab, k, iter=_KMEANS_ITERATIONS, minit="++", seed=_KMEANS_SEED)
+    palette = np.clip(lab2rgb(centroids[None])[0], 0.0, 1.0)
+    return labels, palette[assignment].astype(np.float32)
+
+
+def sample_training_hints(
+    rgb: np.ndarray,
+    gray: np.ndarray,
+    rng: np.random.Generator,
+    hint_ratio: tuple[float, float] = (0.3, 0.5),
+    no_hint_prob: float = 0.1,
+    n_segments: int = TRAIN_SLIC_SEGMENTS,
+    n_colors: int = TRAIN_N_COLORS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the colour hints of one training example (paper §2.1).
+
+    With probability ``no_hint_prob`` the sample gets no hints.  Otherwise a fraction
+    drawn uniformly from ``hint_ratio`` of the SLIC superpixels of ``rgb`` (see
+    :func:`quantized_superpixels`) is kept; each kept superpixel is filled with its
+    quantised colour's HSL hue and saturation at the lightness of ``gray``, exactly
+    as inference renders a user's hint.
+
+    Args:
+        rgb: (H, W, 3) ground-truth colour image, float in [0, 1].
+        gray: (H, W) the grayscale the model sees, float in [0, 1] (the neutral sRGB gray
+            with the photo's CIE L*, :func:`edn_pipeline.luminance.gray_from_lightness`).
+        rng: the only source of randomness; the same generator state gives the same hints.
+
+    Returns:
+        ``(hint_rgb, mask)``: (H, W, 3) and (H, W) float32 in [0, 1], zero where no hint.
+    """
+    rgb = _check_rgb(rgb)
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.shape != rgb.shape[:2]:
+        raise EDNInputError(f"gray has shape {gray.shape} but the colour image is {rgb.shape[:2]}")
+    low, high = (float(r) for r in hint_ratio)
+    if not 0.0 <= low <= high <= 1.0:
+        raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
+    if not 0.0 <= no_hint_prob <= 1.0:
+        raise EDNInputError(f"no_hint_prob must lie in [0, 1], got {no_hint_prob}")
+
+    h, w = gray.shape
+    hint_rgb = np.zeros((h, w, 3), np.float32)
+    mask = np.zeros((h, w), np.float32)
+    if rng.random() < no_hint_prob:
+        return hint_rgb, mask
+
+    labels, colours = quantized_superpixels(rgb, n_segments, n_colors)
+    n = len(colours)
+    n_kept = _kept_count(n, rng.uniform(low, high), low, high)
+    if n_kept == 0:
+        return hint_rgb, mask
+    kept = np.zeros(n, bool)
+    kept[rng.choice(n, size=n_kept, replace=False)] = True
+
+    hinted = kept[labels]
+    hint_rgb[hinted] = relight(colours[labels[hinted]], gray[hinted])
+    mask[hinted] = 1.0
+    return hint_rgb, mask
+
+
+def _kept_count(n: int, ratio: float, low: float, high: float) -> int:
+    """round(ratio * n), kept inside [low * n, high * n] whenever an integer lies there."""
+    count = round(ratio * n)
+    smallest, largest = math.ceil(low * n - 1e-9), math.floor(high * n + 1e-9)
+    if smallest <= largest:
+        count = min(max(count, smallest), largest)
+    return int(count)
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise EDNInputError(f"expected an (H, W, 3) colour image, got shape {rgb.shape}")
+    return rgb
