@@ -82,7 +82,12 @@ def tiny_components(
     for conv in decoder.gray_injections:
         torch.nn.init.normal_(conv.weight, std=0.2)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return dict(
         vae=vae,

@@ -1,0 +1,44 @@
+"""The Hub model page of a trained EDN, rendered with huggingface_hub from the template in ``model_cards/``."""
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "edn.md"
+TAGS = ["colorization", "image-colorization", "diffusers", "controlnet", "edn", "image-to-image"]
+
+
+def render_model_card(
+    repo_id: str,
+    base_model: str,
+    stage: str,
+    training_data: str,
+    hyperparameters: dict,
+    steps: int,
+    hardware: str,
+    evaluation: str | None = None,
+    license: str = "other",
+) -> ModelCard:
+    """Fill the template: YAML front matter the Hub understands, usage, training recipe, evaluation, citation."""
+    if not TEMPLATE.is_file():
+        raise FileNotFoundError(f"model card template not found at {TEMPLATE}; run from a checkout of the project")
+    card_data = ModelCardData(
+        license=license,
+        base_model=base_model,
+        library_name="diffusers",
+        pipeline_tag="image-to-image",
+        tags=TAGS,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_model=base_model,
+        stage=stage,
+        training_data=training_data,
+        hyperparameters=hyperparameters,
+        steps=steps,
+        hardware=hardware,
+        evaluation=evaluation,
+    )

@@ -1,0 +1,671 @@
+"""Fine-tune EDN with 🤗 accelerate, in the manner of diffusers' ``examples/controlnet/train_controlnet.py``.
+
+The scripts in ``training/`` are thin entry points to :func:`main`:
+
+* ``--stage ccd`` trains the CCD adapter against a frozen SD with ``L_dif + λ1·L_CCD`` (optionally a LoRA on
+  the UNet, or the whole UNet for a model without a pretrained prior);
+* ``--stage decoder`` trains the luminance-aware decoder: reconstruction, the quantiser's commitment loss and
+  ``λ2·L_VQ-Dif`` for its token refiner;
+* ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction).
+
+All losses come from :mod:`edn_pipeline.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
+drawn from a generator seeded by (seed, epoch, step, process), so a resumed run repeats an uninterrupted one.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .losses import ccd_loss, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
+from .mask_and_replace import q_sample
+
+logger = logging.getLogger("edn_pipeline.training")
+
+STAGES = ("ccd", "decoder", "joint")
+CHECKPOINT_PREFIX = "checkpoint-"
+LORA_WEIGHTS = "unet_lora.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Fine-tune EDN with accelerate.")
+    add = parser.add_argument
+    if stage is None:
+        add("--stage", choices=STAGES, required=True, help="what to train (see the module docstring)")
+    add("--pretrained_model_name_or_path", required=True, help="an SD v1.x checkpoint or an EDN pipeline")
+    add("--revision", default=None)
+    add("--variant", default=None)
+    add("--output_dir", default="edn-model")
+    add("--seed", type=int, default=0)
+    # data
+    add("--train_data_dir", default=None, help="an image folder, with an optional metadata.jsonl of captions")
+    add("--dataset_name", default=None, help="a Hub dataset with image and caption columns")
+    add("--dataset_config_name", default=None)
+    add("--image_column", default="image")
+    add("--caption_column", default="text")
+    add("--streaming", action="store_true", help="stream the data set instead of downloading it")
+    add("--cache_dir", default=None)
+    add("--resolution", type=int, default=512)
+    add("--random_crop", action="store_true", help="random instead of centre crops")
+    add("--hint_ratio", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"))
+    add("--no_hint_prob", type=float, default=0.1, help="share of examples trained without hints")
+    add("--generic_prompt_prob", type=float, default=0.5, help="chance a caption becomes a generic prompt")
+    add("--dataloader_num_workers", type=int, default=0)
+    # decoder architecture when the starting model has no VQ stage
+    add("--decoder_vq", action="store_true", help="give the decoder its quantiser and token refiner")
+    add("--codebook_size", type=int, default=1024)
+    add("--vq_num_train_timesteps", type=int, default=100)
+    add("--refiner_layers", type=int, default=4)
+    add("--refiner_dim", type=int, default=256)
+    # optimisation
+    add("--train_batch_size", type=int, default=4)
+    add("--num_train_epochs", type=int, default=1)
+    add("--max_train_steps", type=int, default=None)
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--gradient_checkpointing", action="store_true")
+    add("--learning_rate", type=float, default=1e-5)
+    add("--scale_lr", action="store_true")
+    add("--lr_scheduler", default="constant")
+    add("--lr_warmup_steps", type=int, default=0)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    add("--allow_tf32", action="store_true")
+    add("--enable_xformers_memory_efficient_attention", action="store_true", help="PyTorch SDPA otherwise")
+    add("--use_ema", action="store_true")
+    add("--ema_decay", type=float, default=0.9999)
+    add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
+    add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
+    add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
+    add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
+    add("--lora_rank", type=int, default=4)
+    add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
+    # checkpoints, logging, validation, hub
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
+    add("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
+    add("--logging_dir", default="logs")
+    add("--tracker_project_name", default="edn")
+    add("--validation_image", nargs="*", default=[], help="grayscale photos colourised during training")
+    add("--validation_prompt", nargs="*", default=[], help="one per validation image, or one for all")
+    add("--validation_steps", type=int, default=100)
+    add("--validation_inference_steps", type=int, default=20)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None)
+    add("--hub_token", default=None)
+    add("--training_data_description", default=None, help="what the model card says about the data")
+    args = parser.parse_args(argv)
+    if stage is not None:
+        args.stage = stage
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Problems a user can fix from the command line end the run before any model is loaded."""
+    if (args.train_data_dir is None) == (args.dataset_name is None):
+        parser.error("give one of --train_data_dir or --dataset_name")
+    if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
+        parser.error(f"--train_data_dir {args.train_data_dir} is not a folder")
+    if args.resolution % 8:
+        parser.error("--resolution must be a multiple of 8")
+    if args.train_unet and args.train_unet_lora:
+        parser.error("--train_unet and --train_unet_lora exclude each other")
+    if args.stage == "decoder" and (args.train_unet or args.train_unet_lora):
+        parser.error("the decoder stage does not train the UNet")
+    if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
+        parser.error("give one --validation_prompt, or one per --validation_image")
+    for path in args.validation_image:
+        if not os.path.isfile(path):
+            parser.error(f"--validation_image {path} does not exist")
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+class EDNTrainingModel(nn.Module):
+    """Every component of a training step, with the step's loss as ``forward``.
+
+    One module whose forward computes the loss is what accelerate (DDP, FSDP, DeepSpeed) needs to wrap: the
+    gradients of the trainable parts are synchronised however many of them there are.
+    """
+
+    def __init__(self, pipe, noise_scheduler, stage: str, lambda_ccd: float, lambda_vq: float, vq_aux_weight: float):
+        super().__init__()
+        self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
+        self.ccd, self.decoder = pipe.ccd, pipe.decoder
+        self.noise_scheduler = noise_scheduler
+        self.stage = stage
+        self.lambda_ccd, self.lambda_vq, self.vq_aux_weight = lambda_ccd, lambda_vq, vq_aux_weight
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pixels = batch["pixel_values"]
+        gray = batch["gray_values"]
+        with torch.no_grad():
+            latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample(generator).float()
+            text = self.text_encoder(batch["input_ids"], return_dict=False)[0]
+        losses = {}
+        zero = pixels.new_zeros(())
+        l_dif = l_ccd = l_vq = zero
+        if self.stage in ("ccd", "joint"):
+            l_dif, l_ccd = self.ccd_losses(latents, text, batch, generator)
+            losses.update(diffusion=l_dif, ccd=l_ccd)
+        extra = zero
+        if self.stage in ("decoder", "joint"):
+            reconstruction, commitment, l_vq = self.decoder_losses(latents, text, pixels, gray, generator)
+            losses.update(reconstruction=reconstruction, commitment=commitment, vq_diffusion=l_vq)
+            extra = reconstruction + commitment
+        losses["loss"] = total_loss(l_dif, l_ccd, l_vq, self.lambda_ccd, self.lambda_vq) + extra
+        return losses
+
+    def ccd_losses(self, latents, text, batch, generator):
+        """L_dif of the adapter-steered UNet, and L_CCD on the image decoded from its x̃_0 (Eq. 2-4)."""
+        scheduler = self.noise_scheduler
+        scaled = latents * self.vae.config.scaling_factor
+        noise = torch.randn(scaled.shape, generator=generator, device=scaled.device)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (scaled.shape[0],), generator=generator, device=scaled.device
+        )
+        noisy = scheduler.add_noise(scaled, noise, timesteps)
+        unet_dtype = self.unet.dtype
+        down, mid = self.ccd(
+            noisy.to(self.ccd.dtype),
+            timesteps,
+            encoder_hidden_states=text.to(self.ccd.dtype),
+            controlnet_cond=batch["conditioning_pixel_values"].to(self.ccd.dtype),
+            return_dict=False,
+        )
+        prediction = self.unet(
+            noisy.to(unet_dtype),
+            timesteps,
+            encoder_hidden_states=text.to(unet_dtype),
+            down_block_additional_residuals=[d.to(unet_dtype) for d in down],
+            mid_block_additional_residual=mid.to(unet_dtype),
+            return_dict=False,
+        )[0].float()
+        alphas = scheduler.alphas_cumprod.to(scaled.device)[timesteps]
+        if scheduler.config.prediction_type == "epsilon":
+            target, eps = noise, prediction
+        elif scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(scaled, noise, timesteps)
+            a = alphas.view(-1, 1, 1, 1)
+            eps = a.sqrt() * prediction + (1 - a).sqrt() * noisy
+        else:
+            raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+        l_dif = diffusion_loss(prediction, target.float())
+        if self.lambda_ccd == 0:
+            return l_dif, l_dif.new_zeros(())
+        x0 = predicted_x0(noisy, eps, alphas) / self.vae.config.scaling_factor
+        decoded = self.decoder(x0.to(self.decoder.dtype), gray_for(self.decoder, batch), vq_steps=0).sample.float()
+        target_rgb, pred_rgb = (batch["pixel_values"].float() + 1) / 2, (decoded.clamp(-1, 1) + 1) / 2
+        l_ccd = ccd_loss(pred_rgb, target_rgb, gray=(batch["gray_values"].float() + 1) / 2).total
+        return l_dif, l_ccd
+
+    def decoder_losses(self, latents, text, pixels, gray, generator):
+        """Reconstruction (L1), the quantiser's commitment loss and Eq. 6 for the token refiner."""
+        decoder = self.decoder
+        latents = latents.to(decoder.dtype)
+        features = decoder.encode_gray(gray.to(decoder.dtype)) if decoder.gray_encoder is not None else None
+        commitment = l_vq = pixels.new_zeros(())
+        if decoder.quantizer is not None:
+            quantized = decoder.quantize(latents)
+            latents, commitment = quantized.latents, quantized.commitment_loss
+            if decoder.refiner is not None:
+                x_0 = quantized.tokens.flatten(1)
+                steps = decoder.config.vq_num_train_timesteps
+                scheduler = decoder.vq_scheduler
+                scheduler.set_timesteps(steps, device=x_0.device)
+                t = torch.randint(0, steps, (x_0.shape[0],), generator=generator, device=x_0.device)
+                x_t = q_sample(x_0, t, scheduler, generator)
+                log_x0 = decoder.token_log_probs(x_t.view_as(quantized.tokens), t, features, text.to(decoder.dtype))
+                l_vq = vq_diffusion_loss(log_x0, x_0, x_t, t, scheduler, self.vq_aux_weight).total
+        reconstruction = F.l1_loss(decoder.decode_quantized(latents, features).float(), pixels.float())
+        return reconstruction, commitment, l_vq
+
+
+def gray_for(decoder, batch) -> torch.Tensor | None:
+    return batch["gray_values"].to(decoder.dtype) if decoder.gray_encoder is not None else None
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+
+
+def load_starting_pipeline(args):
+    """An EDN pipeline to start from: a saved EDN as it is, or an untrained EDN around an SD checkpoint."""
+    from huggingface_hub import hf_hub_download
+
+    from .luminance_decoder import LuminanceDecoder
+    from .pipeline_edn import EDNPipeline
+
+    source = args.pretrained_model_name_or_path
+    index = Path(source, "model_index.json")
+    if not index.is_file():
+        index = Path(hf_hub_download(source, "model_index.json", revision=args.revision))
+    load = dict(revision=args.revision, variant=args.variant)
+    if json.loads(index.read_text()).get("_class_name") == "EDNPipeline":
+        pipe = EDNPipeline.from_pretrained(source, **load)
+    else:
+        pipe = EDNPipeline.from_stable_diffusion(source, **load)
+    if args.decoder_vq and pipe.decoder.quantizer is None:
+        config = {k: v for k, v in pipe.decoder.config.items() if not k.startswith("_")}
+        config.update(
+            use_quantizer=True,
+            use_refiner=True,
+            codebook_size=args.codebook_size,
+            vq_num_train_timesteps=args.vq_num_train_timesteps,
+            vq_inference_steps=min(config.get("vq_inference_steps", 20), args.vq_num_train_timesteps),
+            refiner_layers=args.refiner_layers,
+            refiner_dim=args.refiner_dim,
+            refiner_cross_attention_dim=pipe.text_encoder.config.hidden_size,
+        )
+        decoder = LuminanceDecoder(**config)
+        decoder.load_state_dict(pipe.decoder.state_dict(), strict=False)  # keeps the decoder and gray encoder
+        pipe.register_modules(decoder=decoder)
+    return pipe
+
+
+def trainable_modules(pipe, args) -> dict[str, nn.Module]:
+    """Freeze what the stage keeps fixed; return the trained components by name."""
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
+        module.requires_grad_(False)
+    trained = {}
+    if args.stage in ("ccd", "joint"):
+        trained["ccd"] = pipe.ccd
+    if args.stage in ("decoder", "joint"):
+        trained["decoder"] = pipe.decoder
+    if args.train_unet:
+        trained["unet"] = pipe.unet
+    for module in trained.values():
+        module.requires_grad_(True)
+        module.train()
+    if args.train_unet_lora:
+        from peft import LoraConfig
+
+        pipe.unet.add_adapter(
+            LoraConfig(
+                r=args.lora_rank,
+                lora_alpha=args.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+            )
+        )
+    if args.gradient_checkpointing:
+        for module in (*trained.values(), *([pipe.unet] if args.train_unet_lora else [])):
+            module.enable_gradient_checkpointing()
+    if args.enable_xformers_memory_efficient_attention:
+        for module in (pipe.unet, pipe.ccd):
+            module.enable_xformers_memory_efficient_attention()
+    return trained
+
+
+def step_generator(seed: int, epoch: int, step: int, process: int, device) -> torch.Generator:
+    """The step's randomness depends only on where the run is, so a resumed run draws what it would have."""
+    return torch.Generator(device=device).manual_seed(hash((seed, epoch, step, process)) % 2**63)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(name: str) -> int | None:
+    suffix = name[len(CHECKPOINT_PREFIX):]
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first (a save interrupted midway leaves only a hidden temporary folder)."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = [d for d in os.listdir(output_dir) if checkpoint_step(d) is not None]
+    return sorted(names, key=checkpoint_step)
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> str:
+    """``accelerator.save_state`` into a temporary folder, renamed into place once complete, then pruning."""
+    final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    temporary = os.path.join(output_dir, f".{CHECKPOINT_PREFIX}{step}.tmp")
+    if accelerator.is_main_process and os.path.exists(temporary):
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(temporary)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        if total_limit is not None:
+            for name in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(os.path.join(output_dir, name))
+    accelerator.wait_for_everyone()
+    return final
+
+
+def register_checkpoint_hooks(accelerator, trained: dict[str, nn.Module], unet, lora: bool, ema: dict) -> None:
+    """Checkpoints hold the trained components in diffusers' format (safetensors), not pickles."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for name, module in trained.items():
+                module.save_pretrained(os.path.join(output_dir, name))
+            if lora:
+                save_file(get_peft_model_state_dict(unet), os.path.join(output_dir, LORA_WEIGHTS))
+            for name, averaged in ema.items():
+                averaged.save_pretrained(os.path.join(output_dir, f"ema_{name}"))
+        weights.clear()  # everything is saved above
+
+    def load_hook(models, input_dir):
+        models.clear()
+        for name, module in trained.items():
+            loaded = type(module).from_pretrained(os.path.join(input_dir, name))
+            module.load_state_dict(loaded.state_dict())
+        if lora:  # in place, so the optimizer keeps the same parameters
+            set_peft_model_state_dict(unet, load_file(os.path.join(input_dir, LORA_WEIGHTS)))
+        for name, averaged in ema.items():
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"ema_{name}"), type(trained[name]))
+            averaged.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def log_validation(accelerator, pipe, args, step: int) -> list:
+    """Colourise the validation photos with a fixed seed and send them to the trackers."""
+    import numpy as np
+    from PIL import Image
+
+    pipe.set_progress_bar_config(disable=True)
+    prompts = args.validation_prompt or [None]
+    images = []
+    for i, path in enumerate(args.validation_image):
+        with Image.open(path) as photo, accelerator.autocast():
+            result = pipe(
+                photo,
+                prompt=prompts[i] if len(prompts) > 1 else prompts[0],
+                num_inference_steps=args.validation_inference_steps,
+                generator=torch.Generator().manual_seed(args.seed),
+            ).images[0]
+        images.append(result)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            for i, image in enumerate(images):
+                tracker.writer.add_image(f"validation/{i}", np.asarray(image), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(image) for image in images]}, step=step)
+    return images
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> None:
+    """Save the complete pipeline (EMA weights if kept, LoRA merged) and its model card into output_dir."""
+    from .model_card import render_model_card
+
+    for name, averaged in ema.items():
+        averaged.copy_to(trained[name].parameters())
+    if lora:
+        pipe.unet.fuse_lora()
+        pipe.unet.unload_lora()
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
+        module.eval()
+    staging = Path(args.output_dir, ".export.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    pipe.save_pretrained(staging)
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    hyperparameters = {
+        key: getattr(args, key)
+        for key in (
+            "stage", "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
+            "max_train_steps", "mixed_precision", "lambda_ccd", "lambda_vq", "hint_ratio", "no_hint_prob",
+            "generic_prompt_prob", "train_unet_lora", "train_unet", "use_ema", "seed",
+        )
+    }
+    data = args.training_data_description or args.dataset_name or f"image folder `{Path(args.train_data_dir).name}`"
+    card = render_model_card(
+        repo_id=repo_id,
+        base_model=args.pretrained_model_name_or_path,
+        stage=args.stage,
+        training_data=data,
+        hyperparameters=hyperparameters,
+        steps=global_step,
+        hardware=f"{torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'CPU'}",
+    )
+    card.save(staging / "README.md")
+    for entry in staging.iterdir():  # move into place one entry at a time, each an atomic rename
+        target = Path(args.output_dir, entry.name)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None, stage: str | None = None) -> None:
+    import diffusers
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from .errors import EDNInputError
+    from .training_data import TrainingExampleTransform, collate_fn, load_image_dataset, with_training_transform
+
+    args = parse_args(argv, stage)
+    log = get_logger(__name__)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    log.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_info()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    try:
+        dataset = load_image_dataset(
+            data_dir=args.train_data_dir,
+            dataset_name=args.dataset_name,
+            dataset_config=args.dataset_config_name,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            streaming=args.streaming,
+            cache_dir=args.cache_dir,
+        )
+    except EDNInputError as error:
+        raise SystemExit(f"edn training: {error}") from None
+
+    pipe = load_starting_pipeline(args)
+    trained = trainable_modules(pipe, args)
+    lora = args.train_unet_lora
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for name in ("vae", "text_encoder", "unet", "ccd", "decoder"):
+        module = getattr(pipe, name).to(accelerator.device)
+        if name not in trained and not (name == "unet" and lora) and module.dtype != weight_dtype:
+            module.to(dtype=weight_dtype)  # frozen parts in the mixed-precision dtype; trained ones stay float32
+    ema = {name: EMAModel(module.parameters(), decay=args.ema_decay) for name, module in trained.items()} if args.use_ema else {}
+    register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
+
+    transform = TrainingExampleTransform(
+        resolution=args.resolution,
+        tokenizer=pipe.tokenizer,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        hint_ratio=tuple(args.hint_ratio),
+        no_hint_prob=args.no_hint_prob,
+        generic_prompt_prob=args.generic_prompt_prob,
+        seed=args.seed,
+        center_crop=not args.random_crop,
+    )
+    train_dataset = with_training_transform(dataset, transform)
+    dataloader = torch.utils.data.DataLoader(
+        train_dataset,
+        shuffle=not args.streaming,
+        collate_fn=collate_fn,
+        batch_size=args.train_batch_size,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # so iterators never draw from the global RNG
+    )
+
+    parameters = [p for module in (*trained.values(), pipe.unet) for p in module.parameters() if p.requires_grad]
+    parameters = list({id(p): p for p in parameters}.values())
+    if args.scale_lr:
+        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    if args.streaming and args.max_train_steps is None:
+        raise SystemExit("edn training: --streaming needs --max_train_steps (a stream has no length)")
+    updates_per_epoch = None if args.streaming else math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    model = EDNTrainingModel(pipe, noise_scheduler, args.stage, args.lambda_ccd, args.lambda_vq, args.vq_aux_weight)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    for averaged in ema.values():
+        averaged.to(accelerator.device)
+
+    if accelerator.is_main_process:
+        config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = list_checkpoints(args.output_dir)
+            path = os.path.join(args.output_dir, found[-1]) if found else None
+        else:
+            path = args.resume_from_checkpoint
+        if path is None or not os.path.isdir(path):
+            accelerator.print(f"Checkpoint {args.resume_from_checkpoint!r} not found; starting a new run.")
+        else:
+            accelerator.print(f"Resuming from {path}")
+            accelerator.load_state(path)
+            global_step = checkpoint_step(os.path.basename(os.path.normpath(path))) or 0
+            if updates_per_epoch:
+                first_epoch = global_step // updates_per_epoch
+                resume_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+            else:
+                resume_batches = global_step * args.gradient_accumulation_steps
+
+    log.info(f"Training stage {args.stage}: {args.max_train_steps} steps, {sum(p.numel() for p in parameters):,} trained parameters")
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    skipped = 0
+    examples_seen = 0
+    epoch = first_epoch
+    while global_step < args.max_train_steps:  # by steps, not epochs: skipped images can shorten an epoch
+        transform.set_epoch(epoch)
+        if hasattr(dataloader, "set_epoch"):
+            dataloader.set_epoch(epoch)
+        batches = dataloader
+        if epoch == first_epoch and resume_batches:
+            batches = accelerator.skip_first_batches(dataloader, resume_batches)
+        for step, batch in enumerate(batches, start=resume_batches if epoch == first_epoch else 0):
+            skipped += batch["num_skipped"]
+            examples_seen += batch["num_examples"]
+            if batch["num_examples"] == 0:
+                continue
+            generator = step_generator(args.seed, epoch, step, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(model):
+                losses = model(batch, generator)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            for name, averaged in ema.items():
+                averaged.step(trained[name].parameters())
+            progress.update(1)
+            global_step += 1
+            logs = {k: v.detach().item() for k, v in losses.items()}
+            logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skipped)
+            progress.set_postfix(loss=logs["loss"])
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                log.info(f"Saved {path}")
+            if args.validation_image and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                log_validation(accelerator, pipe, args, global_step)
+            if global_step >= args.max_train_steps:
+                break
+        epoch += 1
+
+    accelerator.wait_for_everyone()
+    checksum = sum(float(p.detach().double().sum()) for p in parameters)
+    log.info(f"process {accelerator.process_index}: {examples_seen} examples, trained-weight checksum {checksum:.10e}", main_process_only=False)
+    if accelerator.is_main_process:
+        if skipped:
+            log.warning(f"{skipped} unreadable images were skipped")
+        if weight_dtype != torch.float32:
+            pipe.to(torch.float32)
+        export_pipeline(pipe, trained, ema, args, global_step, lora)
+        if args.validation_image:
+            log_validation(accelerator, pipe, args, global_step)
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                token=args.hub_token,
+                commit_message="End of training",
+                ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".*", f"{args.logging_dir}/*"],
+            )
+    accelerator.end_training()

@@ -1,0 +1,168 @@
+"""The accelerate training scripts on a tiny model and a handful of small real photos, on CPU."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from diffusers import StableDiffusionPipeline
+from huggingface_hub import ModelCard
+from skimage import data
+
+from edn_pipeline import EDNPipeline
+from edn_pipeline.testing_utils import tiny_components
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-sd")
+    parts = tiny_components()
+    StableDiffusionPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
+        scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four real photos with captions (the imagefolder convention) and one unreadable file."""
+    folder = tmp_path_factory.mktemp("photos")
+    with open(folder / "metadata.jsonl", "w") as f:
+        for name in ("astronaut", "coffee", "chelsea", "rocket"):
+            PIL.Image.fromarray(getattr(data, name)()).resize((40, 36)).save(folder / f"{name}.png")
+            f.write(json.dumps({"file_name": f"{name}.png", "text": f"a photo of a {name}"}) + "\n")
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        f.write(json.dumps({"file_name": "broken.png", "text": "unreadable"}) + "\n")
+    return folder
+
+
+ACCELERATE = ("-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1")
+TORCHRUN_2 = ("-m", "torch.distributed.run", "--nproc_per_node", "2")  # accelerate's MULTI_CPU, gloo backend
+
+
+def train(script, model, photos, out, *extra, launcher=ACCELERATE):
+    command = [
+        sys.executable, *launcher, str(ROOT / "training" / script),
+        "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(photos), "--output_dir", str(out),
+        "--resolution", "32", "--train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "tensorboard",
+        "--seed", "3", *map(str, extra),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def logged(out: Path, tag: str = "loss") -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in (out / "logs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return values
+
+
+def test_ccd_stage_overfits_checkpoints_prunes_and_exports_a_pipeline(tiny_sd, photos, tmp_path):
+    out = tmp_path / "ccd"
+    log = train(
+        "train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 30, "--train_unet",
+        "--checkpointing_steps", 10, "--checkpoints_total_limit", 2, "--validation_image", photos / "coffee.png",
+        "--validation_steps", 15,
+    )
+    losses = logged(out)
+    assert sorted(losses) == list(range(1, 31)) and all(np.isfinite(list(losses.values())))
+    assert np.mean([losses[s] for s in range(26, 31)]) < np.mean([losses[s] for s in range(1, 6)])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    assert logged(out, "skipped_images")[30] >= 1 and "unreadable" in log
+    pipe = EDNPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(PIL.Image.open(photos / "rocket.png"), num_inference_steps=2).images[0]
+    assert result.size == (40, 36)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "image-to-image"
+    assert card.data.base_model == str(tiny_sd) and "colorization" in card.data.tags
+    assert "| `learning_rate` | `0.001` |" in card.text and "Steps: 30" in card.text
+
+
+def test_resume_continues_at_the_right_step_with_the_same_losses(tiny_sd, photos, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train("train_ccd.py", tiny_sd, photos, whole, "--max_train_steps", 6, "--checkpointing_steps", 3)
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
+    (resumed / ".checkpoint-6.tmp").mkdir()  # a save killed midway: ignored, and the checkpoint before it used
+    train("train_ccd.py", tiny_sd, photos, resumed, "--max_train_steps", 6, "--checkpointing_steps", 3,
+          "--resume_from_checkpoint", "latest")
+    a, b = logged(whole), logged(resumed)
+    assert sorted(b) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7)
+
+
+def test_decoder_stage_with_vq_trains_the_quantiser_and_refiner(tiny_sd, photos, tmp_path):
+    out = tmp_path / "decoder"
+    train(
+        "train_decoder.py", tiny_sd, photos, out, "--max_train_steps", 12, "--decoder_vq", "--codebook_size", 16,
+        "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16,
+    )
+    vq, reconstruction = logged(out, "vq_diffusion"), logged(out, "reconstruction")
+    assert len(vq) == 12 and all(np.isfinite(list(vq.values()))) and vq[1] > 0
+    assert reconstruction[12] < reconstruction[1]
+    pipe = EDNPipeline.from_pretrained(out)
+    assert pipe.decoder.quantizer is not None and pipe.decoder.refiner is not None
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(PIL.Image.open(photos / "coffee.png"), num_inference_steps=2, vq_steps=3).images[0].size == (40, 36)
+
+
+def test_joint_stage_with_lora_optimises_equation_1(tiny_sd, photos, tmp_path):
+    start = tmp_path / "start"
+    train("train_decoder.py", tiny_sd, photos, start, "--max_train_steps", 1, "--decoder_vq", "--codebook_size", 16,
+          "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16)
+    out = tmp_path / "joint"
+    train("train_edn.py", start, photos, out, "--stage", "joint", "--max_train_steps", 3, "--train_unet_lora",
+          "--use_ema", "--gradient_checkpointing")
+    for tag in ("diffusion", "ccd", "vq_diffusion", "reconstruction", "loss"):
+        assert len(logged(out, tag)) == 3, tag
+    pipe = EDNPipeline.from_pretrained(out)  # LoRA merged: a plain pipeline
+    assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
+def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, photos, tmp_path):
+    log = train(
+        "train_ccd.py", tiny_sd, photos, tmp_path / "ddp", "--max_train_steps", 2, "--train_batch_size", 1,
+        launcher=TORCHRUN_2,
+    )
+    lines = dict(re.findall(r"process (\d): (\d+ examples, trained-weight checksum \S+)", log))
+    assert set(lines) == {"0", "1"}
+    examples = {rank: int(line.split()[0]) for rank, line in lines.items()}
+    assert examples == {"0": 2, "1": 2}  # each process took its own half of every step's batch
+    assert lines["0"].split("checksum")[1] == lines["1"].split("checksum")[1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train_data_dir", "/nonexistent"], "is not a folder"),
+        (["--caption_column", "caption"], "caption column 'caption' not found"),
+    ],
+)
+def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, message):
+    command = [
+        sys.executable, str(ROOT / "training" / "train_ccd.py"), "--pretrained_model_name_or_path", str(tiny_sd),
+        "--train_data_dir", str(photos), "--output_dir", str(tmp_path / "x"), *extra,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]
