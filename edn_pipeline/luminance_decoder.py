@@ -51,6 +51,21 @@ class GrayscaleEncoder(nn.Module):
         return features
 
 
+# The decoder's options that describe the VAE it decodes for (the rest describe EDN's additions).
+VAE_CONFIG_KEYS = (
+    "latent_channels",
+    "out_channels",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "norm_num_groups",
+    "act_fn",
+    "mid_block_add_attention",
+    "use_post_quant_conv",
+    "scaling_factor",
+)
+
+
 @dataclass
 class QuantizerOutput(BaseOutput):
     """The quantised latent (straight-through gradients), its tokens (B, h, w) and the commitment loss."""
@@ -166,19 +181,7 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
 
         ``config_overrides`` set the other options (``use_quantizer``, ``use_refiner``, ``codebook_size``, ...).
         """
-        vae_config = vae.config
-        config = dict(
-            latent_channels=vae_config.latent_channels,
-            out_channels=vae_config.out_channels,
-            up_block_types=tuple(vae_config.up_block_types),
-            block_out_channels=tuple(vae_config.block_out_channels),
-            layers_per_block=vae_config.layers_per_block,
-            norm_num_groups=vae_config.norm_num_groups,
-            act_fn=vae_config.act_fn,
-            mid_block_add_attention=vae_config.get("mid_block_add_attention", True),
-            use_post_quant_conv=vae_config.get("use_post_quant_conv", True),
-            scaling_factor=vae_config.scaling_factor,
-        )
+        config = {key: vae.config[key] for key in VAE_CONFIG_KEYS if key in vae.config}
         config.update(config_overrides)
         decoder = cls(**config)
         decoder.decoder.load_state_dict(vae.decoder.state_dict())

@@ -6,7 +6,10 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   the UNet, or the whole UNet for a model without a pretrained prior);
 * ``--stage decoder`` trains the luminance-aware decoder: reconstruction, the quantiser's commitment loss and
   ``λ2·L_VQ-Dif`` for its token refiner;
-* ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction).
+* ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction);
+* ``--stage vae`` trains the autoencoder itself (L1 + a small KL term), for a model without a pretrained SD
+  such as edn-tiny; the exported decoder then restarts from the trained VAE decoder, and the VAE's
+  ``scaling_factor`` is set to 1 / std of its latents, as SD's was.
 
 All losses come from :mod:`edn_pipeline.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
 drawn from a generator seeded by (seed, epoch, step, process), so a resumed run repeats an uninterrupted one.
@@ -33,7 +36,7 @@ from .mask_and_replace import q_sample
 
 logger = logging.getLogger("edn_pipeline.training")
 
-STAGES = ("ccd", "decoder", "joint")
+STAGES = ("vae", "ccd", "decoder", "joint")
 CHECKPOINT_PREFIX = "checkpoint-"
 LORA_WEIGHTS = "unet_lora.safetensors"
 
@@ -94,6 +97,7 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
+    add("--kl_weight", type=float, default=1e-6, help="KL weight of the vae stage")
     add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
@@ -129,8 +133,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--resolution must be a multiple of 8")
     if args.train_unet and args.train_unet_lora:
         parser.error("--train_unet and --train_unet_lora exclude each other")
-    if args.stage == "decoder" and (args.train_unet or args.train_unet_lora):
-        parser.error("the decoder stage does not train the UNet")
+    if args.stage in ("decoder", "vae") and (args.train_unet or args.train_unet_lora):
+        parser.error(f"the {args.stage} stage does not train the UNet")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -148,8 +152,12 @@ class EDNTrainingModel(nn.Module):
     gradients of the trainable parts are synchronised however many of them there are.
     """
 
-    def __init__(self, pipe, noise_scheduler, stage: str, lambda_ccd: float, lambda_vq: float, vq_aux_weight: float):
+    def __init__(
+        self, pipe, noise_scheduler, stage: str, lambda_ccd: float, lambda_vq: float, vq_aux_weight: float, kl_weight: float
+    ):
         super().__init__()
+        self.kl_weight = kl_weight
+        self.register_buffer("latent_moments", torch.zeros(3, dtype=torch.float64), persistent=False)  # n, Σx, Σx²
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
         self.noise_scheduler = noise_scheduler
@@ -157,6 +165,8 @@ class EDNTrainingModel(nn.Module):
         self.lambda_ccd, self.lambda_vq, self.vq_aux_weight = lambda_ccd, lambda_vq, vq_aux_weight
 
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.stage == "vae":
+            return self.vae_losses(batch["pixel_values"], generator)
         pixels = batch["pixel_values"]
         gray = batch["gray_values"]
         with torch.no_grad():
@@ -175,6 +185,20 @@ class EDNTrainingModel(nn.Module):
             extra = reconstruction + commitment
         losses["loss"] = total_loss(l_dif, l_ccd, l_vq, self.lambda_ccd, self.lambda_vq) + extra
         return losses
+
+    def vae_losses(self, pixels, generator):
+        """L1 reconstruction plus a small KL to the unit Gaussian; tracks the latents' moments for scaling."""
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = F.l1_loss(self.vae.decode(posterior.sample(generator)).sample, pixels)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        with torch.no_grad():
+            mean = posterior.mean.double()
+            self.latent_moments += torch.stack([mean.new_tensor(mean.numel()), mean.sum(), mean.square().sum()])
+        return {"loss": reconstruction + self.kl_weight * kl, "reconstruction": reconstruction, "kl": kl}
+
+    def latent_std(self) -> float:
+        count, total, squares = self.latent_moments.tolist()
+        return math.sqrt(max(squares / count - (total / count) ** 2, 1e-12))
 
     def ccd_losses(self, latents, text, batch, generator):
         """L_dif of the adapter-steered UNet, and L_CCD on the image decoded from its x̃_0 (Eq. 2-4)."""
@@ -287,6 +311,8 @@ def trainable_modules(pipe, args) -> dict[str, nn.Module]:
     for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
         module.requires_grad_(False)
     trained = {}
+    if args.stage == "vae":
+        trained["vae"] = pipe.vae
     if args.stage in ("ccd", "joint"):
         trained["ccd"] = pipe.ccd
     if args.stage in ("decoder", "joint"):
@@ -417,6 +443,15 @@ def log_validation(accelerator, pipe, args, step: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- export
+
+
+def adopt_trained_vae(pipe, latent_std: float) -> None:
+    """After the vae stage: SD's latent scaling (1 / std) and a decoder restarted from the new VAE decoder."""
+    from .luminance_decoder import VAE_CONFIG_KEYS, LuminanceDecoder
+
+    pipe.vae.register_to_config(scaling_factor=1.0 / latent_std)
+    options = {k: v for k, v in pipe.decoder.config.items() if not k.startswith("_") and k not in VAE_CONFIG_KEYS}
+    pipe.register_modules(decoder=LuminanceDecoder.from_vae(pipe.vae, **options))
 
 
 def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> None:
@@ -571,7 +606,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    model = EDNTrainingModel(pipe, noise_scheduler, args.stage, args.lambda_ccd, args.lambda_vq, args.vq_aux_weight)
+    model = EDNTrainingModel(
+        pipe, noise_scheduler, args.stage, args.lambda_ccd, args.lambda_vq, args.vq_aux_weight, args.kl_weight
+    )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
         averaged.to(accelerator.device)
@@ -654,6 +691,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
             log.warning(f"{skipped} unreadable images were skipped")
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
+        if args.stage == "vae":
+            adopt_trained_vae(pipe, accelerator.unwrap_model(model).latent_std())
         export_pipeline(pipe, trained, ema, args, global_step, lora)
         if args.validation_image:
             log_validation(accelerator, pipe, args, global_step)

@@ -166,3 +166,19 @@ def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, me
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_vae_stage_trains_the_autoencoder_and_rescales_its_latents(tiny_sd, photos, tmp_path):
+    import torch
+
+    out = tmp_path / "vae"
+    train("train_edn.py", tiny_sd, photos, out, "--stage", "vae", "--max_train_steps", 20, "--learning_rate", 3e-3)
+    reconstruction = logged(out, "reconstruction")
+    assert np.mean([reconstruction[s] for s in range(16, 21)]) < np.mean([reconstruction[s] for s in range(1, 6)])
+    pipe = EDNPipeline.from_pretrained(out)
+    assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mean
+        assert torch.equal(pipe.decoder(latents, torch.zeros(1, 1, 32, 32)).sample, pipe.vae.decode(latents).sample)
+        assert pipe.decoder.config.scaling_factor == pipe.vae.config.scaling_factor
