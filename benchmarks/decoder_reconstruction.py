@@ -1,0 +1,106 @@
+"""Reconstruct real colour photos through EDN's decoders, as the paper's Table 3 compares them.
+
+Each photo is resized to the model's working size, encoded to the colour latent with the model's VAE and
+decoded back three ways, given the photo's grayscale image:
+
+1. the plain SD (KL-f8) VAE decoder;
+2. the luminance-aware decoder with the token refinement off (its quantiser, if it has one, still runs);
+3. the luminance-aware decoder with the refinement on (``--vq-steps``).
+
+It prints PSNR / SSIM against the photo (from :mod:`edn_pipeline.metrics`) and the decoding time per image.
+
+    python benchmarks/decoder_reconstruction.py --model edn-tiny --data ../shared/data/photos/bsd100 --held-out
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from edn_pipeline import EDNPipeline
+from edn_pipeline.luminance import gray_from_lightness, to_lightness
+from edn_pipeline.metrics import psnr, ssim
+
+SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def load(path: Path, pipe: EDNPipeline) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The photo at the working size (uint8), as VAE input in [-1, 1], and its grayscale in [-1, 1]."""
+    with PIL.Image.open(path) as image:
+        photo = image.convert("RGB")
+    size = pipe.working_size(*photo.size)
+    photo = np.array(photo.resize(size, PIL.Image.Resampling.BICUBIC))
+    pixels = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 127.5 - 1
+    gray = torch.from_numpy(gray_from_lightness(to_lightness(photo)))[None, None] * 2 - 1
+    return photo, pixels, gray
+
+
+def to_uint8(sample: torch.Tensor) -> np.ndarray:
+    return ((sample[0].permute(1, 2, 0).float().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an EDN pipeline folder or Hub id (with its vae)")
+    parser.add_argument("--data", required=True, type=Path, help="a folder of colour photos")
+    parser.add_argument("--held-out", action="store_true", help="only img_09* (the data set's held-out split)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--vq-steps", type=int, default=None, help="refinement steps (default: the model's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    pipe = EDNPipeline.from_pretrained(args.model).to(args.device)
+    if pipe.vae is None:
+        parser.error("the model has no vae: it is needed to encode the photos")
+    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in SUFFIXES)
+    if args.held_out:
+        paths = [p for p in paths if p.name.startswith("img_09")]
+    paths = paths[: args.limit]
+    if not paths:
+        parser.error(f"no photos in {args.data}")
+    refiner = pipe.decoder.refiner is not None
+    vq_steps = args.vq_steps if args.vq_steps is not None else pipe.decoder.config.vq_inference_steps
+    text, _ = pipe.encode_prompt("colored photo", args.device, 1, False)
+    decoders = {
+        "KL-f8 VAE decoder": lambda z, g: pipe.vae.decode(z).sample,
+        "luminance-aware, refinement off": lambda z, g: pipe.decoder(z, g, text, vq_steps=0).sample,
+    }
+    if refiner:
+        decoders[f"luminance-aware, refinement on ({vq_steps} steps)"] = lambda z, g: pipe.decoder(
+            z, g, text, vq_steps=vq_steps, generator=torch.Generator(args.device).manual_seed(args.seed)
+        ).sample
+    scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in decoders}
+    with torch.no_grad():
+        for path in paths:
+            photo, pixels, gray = load(path, pipe)
+            latents = pipe.vae.encode(pixels.to(args.device)).latent_dist.mode()
+            gray = gray.to(args.device)
+            for name, decode in decoders.items():
+                start = time.perf_counter()
+                sample = decode(latents, gray)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                scores[name]["seconds"].append(time.perf_counter() - start)
+                result = to_uint8(sample.cpu())
+                scores[name]["psnr"].append(psnr(result, photo))
+                scores[name]["ssim"].append(ssim(result, photo))
+
+    print(f"model {args.model}, {len(paths)} photos from {args.data}, device {args.device}, torch {torch.__version__}")
+    print(f"working size {pipe.resolution} px on the longer side")
+    print(f"| decoder | PSNR (dB) | SSIM | ms / image |\n|---|---|---|---|")
+    for name, values in scores.items():
+        print(
+            f"| {name} | {statistics.mean(values['psnr']):.2f} | {statistics.mean(values['ssim']):.4f} | "
+            f"{1000 * statistics.median(values['seconds']):.1f} |"
+        )
+    if not refiner:
+        print("(this model's decoder has no token refiner: no refinement row)")
+
+
+if __name__ == "__main__":
+    main()
