@@ -137,6 +137,19 @@ def colorize(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_hub_command(args: argparse.Namespace) -> int:
+    from .hub_export import export_hub
+
+    if not Path(args.model_dir).exists() and "/" not in args.model_dir:
+        raise CLIError(f"model {args.model_dir!r} is neither a folder nor a Hub id")
+    try:
+        out = export_hub(args.model_dir, args.out_dir)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"cannot export {args.model_dir!r}: {str(error).splitlines()[0]}") from None
+    print(f"wrote {out}: load it with DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edn", description="Colourise grayscale photos with EDN.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     col.set_defaults(run=colorize)
+    export = commands.add_parser("export-hub", help="write a Hub repo folder that plain diffusers loads")
+    export.add_argument("model_dir", help="an EDN pipeline folder or Hub id")
+    export.add_argument("out_dir", help="the repo folder to write (upload it with `hf upload`)")
+    export.set_defaults(run=export_hub_command)
     return parser
 
 

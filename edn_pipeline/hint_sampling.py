@@ -22,8 +22,8 @@ from scipy.cluster.vq import kmeans2
 from skimage.color import lab2rgb, rgb2lab
 from skimage.segmentation import slic
 
-from edn_pipeline.errors import EDNInputError
-from edn_pipeline.hints import SLIC_SEGMENTS, relight
+from .errors import EDNInputError
+from .hints import SLIC_SEGMENTS, relight
 
 __all__ = [
     "TRAIN_SLIC_SEGMENTS",

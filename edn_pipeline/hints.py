@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageColor
 from skimage.segmentation import slic
 
-from edn_pipeline.errors import EDNInputError
+from .errors import EDNInputError
 
 CONDITION_CHANNELS = 7
 

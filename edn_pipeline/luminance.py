@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from skimage.color import lab2xyz, rgb2lab, rgb2xyz, xyz2rgb
 
-from edn_pipeline.errors import EDNInputError
+from .errors import EDNInputError
 
 __all__ = [
     "to_lightness",

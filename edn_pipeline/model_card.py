@@ -17,9 +17,12 @@ def render_model_card(
     steps: int,
     hardware: str,
     evaluation: str | None = None,
-    license: str = "other",
+    license: str = "creativeml-openrail-m",
 ) -> ModelCard:
-    """Fill the template: YAML front matter the Hub understands, usage, training recipe, evaluation, citation."""
+    """Fill the template: YAML front matter the Hub understands, usage, training recipe, evaluation, citation.
+
+    The default licence is Stable Diffusion v1's, which a model fine-tuned from it inherits.
+    """
     if not TEMPLATE.is_file():
         raise FileNotFoundError(f"model card template not found at {TEMPLATE}; run from a checkout of the project")
     card_data = ModelCardData(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DDIMScheduler,
     DiffusionPipeline,
     StableDiffusionPipeline,
@@ -23,7 +24,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .ccd import CCDModel
+from .ccd import CCDModel, load_ccd
 from .errors import EDNInputError
 from .hints import hint_condition, parse_hints, render_hints
 from .luminance import chroma, compose_with_lightness, gray_from_lightness, to_lightness, to_uint8
@@ -98,13 +99,16 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     @classmethod
     def from_stable_diffusion(
-        cls, pretrained_model_name_or_path: str, ccd: CCDModel | None = None, **kwargs
+        cls, pretrained_model_name_or_path: str, ccd: CCDModel | ControlNetModel | str | None = None, **kwargs
     ) -> "EDNPipeline":
-        """Build an untrained EDN around a Stable Diffusion v1.x checkpoint (a Hub id or a local folder).
+        """Build an EDN around a Stable Diffusion v1.x checkpoint (a Hub id or a local folder).
 
-        The CCD adapter is copied from the UNet's encoder with zero outputs and the decoder from the VAE's
-        decoder with zero grayscale injection, so before training EDN's decoder reproduces SD's exactly.
-        ``kwargs`` (``dtype``, ``variant``, ``revision``, ...) go to ``StableDiffusionPipeline.from_pretrained``.
+        By default the CCD adapter is copied from the UNet's encoder with zero outputs; ``ccd`` may instead be
+        a :class:`CCDModel`, or a diffusers ``ControlNetModel`` with a 3-channel condition (or its Hub id /
+        folder), turned into a CCD by :meth:`CCDModel.from_controlnet`: a working colouriser from existing
+        Hub weights before any EDN training. The decoder starts as the VAE's decoder with zero grayscale
+        injection, so it reproduces SD's exactly. ``kwargs`` (``dtype``, ``variant``, ``revision``, ...) go to
+        ``StableDiffusionPipeline.from_pretrained``.
         """
         sd = StableDiffusionPipeline.from_pretrained(
             pretrained_model_name_or_path,
@@ -113,8 +117,12 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             requires_safety_checker=False,
             **kwargs,
         )
+        if isinstance(ccd, str):
+            ccd = load_ccd(ccd, **{k: v for k, v in kwargs.items() if k in ("dtype", "revision")})
         if ccd is None:
             ccd = CCDModel.from_unet(sd.unet, vae_scale_factor=sd.vae_scale_factor)
+        elif not isinstance(ccd, CCDModel):
+            ccd = CCDModel.from_controlnet(ccd).to(sd.unet.device)
         return cls(
             vae=sd.vae,
             text_encoder=sd.text_encoder,

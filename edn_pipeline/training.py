@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     if stage is None:
         add("--stage", choices=STAGES, required=True, help="what to train (see the module docstring)")
     add("--pretrained_model_name_or_path", required=True, help="an SD v1.x checkpoint or an EDN pipeline")
+    add("--controlnet_model_name_or_path", default=None, help="start the CCD from this ControlNet (3-channel condition)")
     add("--revision", default=None)
     add("--variant", default=None)
     add("--output_dir", default="edn-model")
@@ -276,6 +277,7 @@ def load_starting_pipeline(args):
     """An EDN pipeline to start from: a saved EDN as it is, or an untrained EDN around an SD checkpoint."""
     from huggingface_hub import hf_hub_download
 
+    from .ccd import load_ccd
     from .luminance_decoder import LuminanceDecoder
     from .pipeline_edn import EDNPipeline
 
@@ -286,8 +288,10 @@ def load_starting_pipeline(args):
     load = dict(revision=args.revision, variant=args.variant)
     if json.loads(index.read_text()).get("_class_name") == "EDNPipeline":
         pipe = EDNPipeline.from_pretrained(source, **load)
+        if args.controlnet_model_name_or_path:
+            pipe.register_modules(ccd=load_ccd(args.controlnet_model_name_or_path, revision=args.revision))
     else:
-        pipe = EDNPipeline.from_stable_diffusion(source, **load)
+        pipe = EDNPipeline.from_stable_diffusion(source, ccd=args.controlnet_model_name_or_path, **load)
     if args.decoder_vq and pipe.decoder.quantizer is None:
         config = {k: v for k, v in pipe.decoder.config.items() if not k.startswith("_")}
         config.update(
@@ -497,6 +501,20 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
     staging.rmdir()
 
 
+def push_to_hub(args) -> None:
+    """Upload the model as a repo that plain diffusers loads too (see :mod:`edn_pipeline.hub_export`)."""
+    import tempfile
+
+    from huggingface_hub import create_repo, upload_folder
+
+    from .hub_export import export_hub
+
+    repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token).repo_id
+    with tempfile.TemporaryDirectory() as staging:
+        repo = export_hub(args.output_dir, Path(staging, "repo"))
+        upload_folder(repo_id=repo_id, folder_path=repo, token=args.hub_token, commit_message="End of training")
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -697,14 +715,5 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         if args.validation_image:
             log_validation(accelerator, pipe, args, global_step)
         if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                token=args.hub_token,
-                commit_message="End of training",
-                ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".*", f"{args.logging_dir}/*"],
-            )
+            push_to_hub(args)
     accelerator.end_training()

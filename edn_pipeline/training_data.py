@@ -50,10 +50,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from edn_pipeline.errors import EDNInputError
-from edn_pipeline.hint_sampling import TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
-from edn_pipeline.hints import hint_condition
-from edn_pipeline.luminance import gray_from_lightness, to_lightness
+from .errors import EDNInputError
+from .hint_sampling import TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
+from .hints import hint_condition
+from .luminance import gray_from_lightness, to_lightness
 
 __all__ = [
     "GENERIC_PROMPTS",
