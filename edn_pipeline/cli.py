@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import EDNInputError
+from .evaluate import add_evaluate_parser
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     col.set_defaults(run=colorize)
+    add_evaluate_parser(commands)
     export = commands.add_parser("export-hub", help="write a Hub repo folder that plain diffusers loads")
     export.add_argument("model_dir", help="an EDN pipeline folder or Hub id")
     export.add_argument("out_dir", help="the repo folder to write (upload it with `hf upload`)")
