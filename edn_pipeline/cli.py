@@ -1,4 +1,4 @@
-"""The ``edn`` command line: ``edn colorize INPUT... --out DIR --model MODEL``."""
+"""The ``edn`` command line: ``edn colorize``, ``edn evaluate``, ``edn demo`` and ``edn export-hub``."""
 
 import argparse
 import glob
@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import EDNInputError
+from .demo import add_demo_parser
 from .evaluate import add_evaluate_parser
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     col.set_defaults(run=colorize)
     add_evaluate_parser(commands)
+    add_demo_parser(commands)
     export = commands.add_parser("export-hub", help="write a Hub repo folder that plain diffusers loads")
     export.add_argument("model_dir", help="an EDN pipeline folder or Hub id")
     export.add_argument("out_dir", help="the repo folder to write (upload it with `hf upload`)")
