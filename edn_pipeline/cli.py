@@ -101,40 +101,89 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
     return pipe.to(device)
 
 
+def read_image(path: Path) -> PIL.Image.Image:
+    """The decoded image, so that an unreadable file fails here, by name, and not inside a batch."""
+    with PIL.Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def batches_by_working_size(pipe, items: list, batch_size: int):
+    """Consecutive runs of images that share a working size (one pipeline call each), at most batch_size long."""
+    batch, size = [], None
+    for item in items:
+        item_size = pipe.working_size(*item[1].size)
+        if batch and (item_size != size or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append(item)
+        size = item_size
+    if batch:
+        yield batch
+
+
 def colorize(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    # One process, or one of several under `accelerate launch` / torchrun (on CPUs too, gloo backend).
+    state = PartialState(cpu=(args.device or "").startswith("cpu") or not torch.cuda.is_available())
     inputs = find_inputs(args.inputs)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image_hints = load_hints_file(args.hints) if args.hints else {}
     todo = [p for p in inputs if args.overwrite or not (out_dir / f"{p.stem}.png").exists()]
-    if len(todo) < len(inputs):
+    if len(todo) < len(inputs) and state.is_main_process:
         print(f"skipping {len(inputs) - len(todo)} already colourised (use --overwrite to redo)", file=sys.stderr)
     if not todo:
         return 0
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or str(state.device)
     pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
     pipe.set_progress_bar_config(disable=True)
     failed = []
-    for path in tqdm(todo, desc="colorizing", unit="image"):
-        hints = per_image_hints.get(path.name, per_image_hints.get(str(path), args.hint or None))
-        try:
-            with PIL.Image.open(path) as image:
-                result = pipe(
-                    image,
-                    prompt=args.prompt,
-                    hints=hints,
-                    num_inference_steps=args.steps,
-                    guidance_scale=args.guidance,
-                    generator=torch.Generator().manual_seed(args.seed),
-                ).images[0]
-        except (OSError, EDNInputError) as error:
-            failed.append(path)
-            tqdm.write(f"edn: skipped {path}: {error}", file=sys.stderr)
-            continue
-        save_atomically(result, out_dir / f"{path.stem}.png")
+
+    def fail(path: Path, error: Exception) -> None:
+        failed.append(path)
+        tqdm.write(f"edn: skipped {path}: {error}", file=sys.stderr)
+
+    def run(batch: list) -> None:
+        """One pipeline call for the batch; every image gets the generator it would get alone."""
+        images = pipe(
+            [image for _, image in batch],
+            prompt=args.prompt,
+            hints=[per_image_hints.get(path.name, per_image_hints.get(str(path), args.hint or None)) for path, _ in batch],
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
+        ).images
+        for (path, _), result in zip(batch, images):
+            save_atomically(result, out_dir / f"{path.stem}.png")
+
+    with state.split_between_processes(todo) as mine:
+        progress = tqdm(total=len(mine), desc=f"colorizing [{state.process_index}]", unit="image",
+                        disable=not state.is_local_main_process)
+        readable = []
+        for path in mine:
+            try:
+                readable.append((path, read_image(path)))
+            except OSError as error:
+                fail(path, error)
+                progress.update(1)
+        for batch in batches_by_working_size(pipe, readable, args.batch_size):
+            try:
+                run(batch)
+            except EDNInputError:  # find which input it was: one call each
+                for item in batch:
+                    try:
+                        run([item])
+                    except EDNInputError as error:
+                        fail(item[0], error)
+            progress.update(len(batch))
+        progress.close()
+    if state.num_processes > 1:
+        print(f"edn: process {state.process_index} colourised {len(mine) - len(failed)} of {len(mine)} inputs", file=sys.stderr)
     if failed:
-        print(f"edn: {len(failed)} of {len(todo)} inputs failed", file=sys.stderr)
+        print(f"edn: {len(failed)} of {len(mine)} inputs failed", file=sys.stderr)
         return 1
     return 0
 
@@ -165,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--steps", type=positive_int, default=50)
     col.add_argument("--guidance", type=non_negative_float, default=5.0)
     col.add_argument("--seed", type=int, default=0)
-    col.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    col.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: this process's accelerator)")
     col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    col.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call")
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     col.set_defaults(run=colorize)
     add_evaluate_parser(commands)

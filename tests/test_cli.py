@@ -100,3 +100,41 @@ def test_bad_flags_exit_2(model_dir, inputs, tmp_path, flag):
     with pytest.raises(SystemExit) as exit_info:
         colorize(model_dir, inputs, "--out", tmp_path / "o", *flag)
     assert exit_info.value.code == 2
+
+
+def test_batches_give_what_single_calls_give(model_dir, inputs, tmp_path, photo):
+    for extra in ("c.png", "d.png"):
+        PIL.Image.fromarray(photo).convert("L").save(inputs / extra)
+    one, four = tmp_path / "one", tmp_path / "four"
+    assert colorize(model_dir, inputs, "--out", one) == 0
+    assert colorize(model_dir, inputs, "--out", four, "--batch-size", "4") == 0
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        a, b = (np.array(PIL.Image.open(d / name)).astype(int) for d in (one, four))
+        assert np.abs(a - b).max() <= 1, name  # 8-bit rounding of values equal to 1e-4
+
+
+def test_a_bad_hint_fails_only_its_own_image_in_a_batch(model_dir, inputs, tmp_path, capsys):
+    hints_file = tmp_path / "hints.json"
+    hints_file.write_text(json.dumps({"b.jpg": [[500, 500, "#ff0000"]]}))  # outside the 20×30 image
+    out = tmp_path / "out"
+    assert colorize(model_dir, inputs, "--out", out, "--hints", hints_file, "--batch-size", "2") == 1
+    assert "b.jpg" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_inputs(model_dir, inputs, tmp_path, photo):
+    import os
+    import subprocess
+    import sys
+
+    for i in range(3):
+        PIL.Image.fromarray(photo).save(inputs / f"extra{i}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edn_pipeline.cli",
+               "colorize", str(inputs), "--out", str(out), "--model", str(model_dir), "--steps", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "process 0 colourised 3 of 3" in result.stderr and "process 1 colourised 2 of 2" in result.stderr
+    assert len(list(out.iterdir())) == 5
