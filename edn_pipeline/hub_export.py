@@ -70,8 +70,16 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
             index[component] = [write_code(module, class_name, staging / component), class_name]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         readme = Path(model_dir, "README.md")
-        if readme.is_file():
+        if readme.is_file():  # the card training wrote
             shutil.copyfile(readme, staging / "README.md")
+        else:
+            from .model_card import render_model_card
+
+            unknown = "not recorded"
+            render_model_card(
+                repo_id=out_dir.name, base_model=None, stage=unknown, training_data=unknown, hyperparameters={},
+                steps=unknown, hardware=unknown,
+            ).save(staging / "README.md")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

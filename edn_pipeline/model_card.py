@@ -10,11 +10,11 @@ TAGS = ["colorization", "image-colorization", "diffusers", "controlnet", "edn", 
 
 def render_model_card(
     repo_id: str,
-    base_model: str,
+    base_model: str | None,
     stage: str,
     training_data: str,
     hyperparameters: dict,
-    steps: int,
+    steps: int | str,
     hardware: str,
     evaluation: str | None = None,
     license: str = "creativeml-openrail-m",

@@ -60,6 +60,11 @@ def test_exported_repo_loads_with_plain_diffusers_and_gives_identical_output(exp
     np.testing.assert_array_equal(np.load(exported / "out.npy"), ours)
 
 
+def test_an_export_without_a_training_card_gets_one(exported):
+    card = ModelCard.load(exported / "repo" / "README.md")
+    assert card.data.library_name == "diffusers" and "trust_remote_code=True" in card.text
+
+
 def test_exported_index_names_the_custom_code(exported):
     index = json.loads((exported / "repo" / "model_index.json").read_text())
     assert index["_class_name"] == ["edn_remote_pipeline_edn", "EDNPipeline"]
