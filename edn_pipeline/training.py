@@ -577,7 +577,12 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         module = getattr(pipe, name).to(accelerator.device)
         if name not in trained and not (name == "unet" and lora) and module.dtype != weight_dtype:
             module.to(dtype=weight_dtype)  # frozen parts in the mixed-precision dtype; trained ones stay float32
-    ema = {name: EMAModel(module.parameters(), decay=args.ema_decay) for name, module in trained.items()} if args.use_ema else {}
+    ema = {}
+    if args.use_ema:  # model_cls and model_config let EMAModel save itself in diffusers' format
+        ema = {
+            name: EMAModel(module.parameters(), decay=args.ema_decay, model_cls=type(module), model_config=module.config)
+            for name, module in trained.items()
+        }
     register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
 
     transform = TrainingExampleTransform(

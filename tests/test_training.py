@@ -132,9 +132,13 @@ def test_joint_stage_with_lora_optimises_equation_1(tiny_sd, photos, tmp_path):
           "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16)
     out = tmp_path / "joint"
     train("train_edn.py", start, photos, out, "--stage", "joint", "--max_train_steps", 3, "--train_unet_lora",
-          "--use_ema", "--gradient_checkpointing")
+          "--use_ema", "--gradient_checkpointing", "--checkpointing_steps", 2)
+    assert {"ccd", "decoder", "ema_ccd", "ema_decoder", "unet_lora.safetensors"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    train("train_edn.py", start, photos, out, "--stage", "joint", "--max_train_steps", 4, "--train_unet_lora",
+          "--use_ema", "--resume_from_checkpoint", "latest")
+    assert sorted(logged(out, "loss"))[-2:] == [3, 4]
     for tag in ("diffusion", "ccd", "vq_diffusion", "reconstruction", "loss"):
-        assert len(logged(out, tag)) == 3, tag
+        assert len(logged(out, tag)) == 4, tag
     pipe = EDNPipeline.from_pretrained(out)  # LoRA merged: a plain pipeline
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
 
