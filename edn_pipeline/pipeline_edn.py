@@ -290,9 +290,11 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         work_w, work_h = self.working_size(width, height)
         grays, conditions = [], []
         for l_star, image_hints in zip(lightness, hints):
-            gray = torch.from_numpy(gray_from_lightness(l_star))[None, None]
-            gray = F.interpolate(gray, size=(work_h, work_w), mode="bicubic", antialias=True, align_corners=False)
-            gray = gray.clamp(0, 1)[0, 0].numpy()
+            # Resize L* first: the gray conversion then runs on the working size, not on a 12-megapixel scan.
+            small = F.interpolate(
+                torch.from_numpy(l_star)[None, None], size=(work_h, work_w), mode="bicubic", antialias=True
+            )
+            gray = gray_from_lightness(small.clamp(0, 100)[0, 0].numpy())
             size = (l_star.shape[1], l_star.shape[0])
             hint_rgb, mask = render_hints(gray, parse_hints(image_hints, size), size)
             grays.append(gray)
