@@ -186,3 +186,20 @@ def test_vae_stage_trains_the_autoencoder_and_rescales_its_latents(tiny_sd, phot
         latents = pipe.vae.encode(pixels).latent_dist.mean
         assert torch.equal(pipe.decoder(latents, torch.zeros(1, 1, 32, 32)).sample, pipe.vae.decode(latents).sample)
         assert pipe.decoder.config.scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_training_can_start_the_ccd_from_a_controlnet(tiny_sd, photos, tmp_path):
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    torch.nn.init.normal_(controlnet.controlnet_mid_block.weight, std=0.1)
+    controlnet.save_pretrained(tmp_path / "controlnet")
+    out = tmp_path / "from-controlnet"
+    train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 1, "--learning_rate", 0,
+          "--controlnet_model_name_or_path", tmp_path / "controlnet")
+    ccd = EDNPipeline.from_pretrained(out).ccd
+    assert torch.equal(ccd.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
+    name = "controlnet_cond_embedding.conv_in.weight"
+    assert torch.equal(ccd.state_dict()[name][:, :3], controlnet.state_dict()[name])
