@@ -4,7 +4,7 @@ EDN's adapter is conditioned on [gray, hint colour map, hint mask].  Users give
 hints either as points ``(x, y, colour[, radius])`` in input-image pixels or as
 an RGBA hint image whose alpha marks the hinted pixels.  Following the paper
 (§1.4), hints are propagated over the grayscale image by luminance similarity
-(here: within SLIC superpixels of the gray image), and every propagated colour
+(here: region growing over SLIC superpixels of the gray image), and every propagated colour
 keeps the hint's HSL hue and saturation but takes the input's own lightness
 (the gray value), so hints never change the image's structure.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ CONDITION_CHANNELS = 7
 # segmentation is deterministic.
 SLIC_SEGMENTS = 256
 SLIC_COMPACTNESS = 0.1
+# How far (in [0, 1] gray) a superpixel's mean may be from the hinted superpixel's for the hint to reach it.
+GROW_TOLERANCE = 0.04
 
 _POINT_KEYS = {"x", "y", "color", "radius"}
 
@@ -89,7 +92,8 @@ def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[
     if not seed.any():
         return hint_rgb, mask
 
-    # Fill every superpixel that holds seeds with the mean colour of its seeds.
+    # Every superpixel holding seeds takes their mean colour, and hands it on to neighbouring superpixels
+    # of similar gray (region growing), so a click on a sky colours the sky but stops at its edges.
     labels = slic(gray, n_segments=SLIC_SEGMENTS, compactness=SLIC_COMPACTNESS,
                   channel_axis=None, start_label=0)
     n = int(labels.max()) + 1
@@ -97,13 +101,44 @@ def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[
     counts = np.bincount(seed_labels, minlength=n)
     sums = np.stack([np.bincount(seed_labels, seed_colours[:, c], minlength=n) for c in range(3)], axis=1)
     means = sums / np.maximum(counts, 1)[:, None]
-    filled = counts[labels] > 0
-    hint_rgb[filled] = means[labels[filled]]
+    owner = _grow(labels, gray, np.flatnonzero(counts))
+    filled = owner[labels] >= 0
+    hint_rgb[filled] = means[owner[labels[filled]]]
     hint_rgb[seed] = seed_colours
 
     hint_rgb[filled] = relight(hint_rgb[filled], gray[filled])
     mask[filled] = 1.0
     return hint_rgb, mask
+
+
+def _grow(labels: np.ndarray, gray: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """For each superpixel, the seeded superpixel whose colour reaches it (-1: none).
+
+    Breadth-first from all seeded superpixels at once: a neighbour joins a source's region while its mean
+    gray is within GROW_TOLERANCE of the source's, so growth follows flat areas and stops at edges.
+    """
+    n = int(labels.max()) + 1
+    mean_gray = np.bincount(labels.ravel(), gray.ravel(), minlength=n) / np.bincount(labels.ravel(), minlength=n)
+    pairs = np.concatenate([
+        np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], axis=1),
+        np.stack([labels[:-1].ravel(), labels[1:].ravel()], axis=1),
+    ])
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+    neighbours = [[] for _ in range(n)]
+    for a, b in pairs:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    owner = np.full(n, -1)
+    owner[sources] = sources
+    queue = deque(sources.tolist())
+    while queue:
+        current = queue.popleft()
+        root = owner[current]
+        for other in neighbours[current]:
+            if owner[other] < 0 and abs(mean_gray[other] - mean_gray[root]) <= GROW_TOLERANCE:
+                owner[other] = root
+                queue.append(other)
+    return owner
 
 
 def relight(colours: np.ndarray, lightness: np.ndarray) -> np.ndarray:

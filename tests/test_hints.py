@@ -50,8 +50,8 @@ def test_red_hint_stays_in_its_region_with_red_hue_and_input_lightness():
     assert set(np.unique(mask)) == {0.0, 1.0}
     left, right = mask[:, :48], mask[:, 48:]
     assert right.sum() == 0
-    # Propagated beyond the default 1-pixel seed disk (about 4 pixels).
-    assert left.sum() >= 12
+    # Grown over the whole flat region, far beyond the 1-pixel seed disk, and not across the edge.
+    assert left.mean() == 1.0
     assert np.all(hint_rgb[mask == 0] == 0)
     ys, xs = np.nonzero(mask)
     for y, x in list(zip(ys, xs))[:: max(1, len(ys) // 8)]:
@@ -68,6 +68,14 @@ def test_hint_near_an_edge_does_not_leak_across_it():
         side = slice(48, None) if x < 48 else slice(None, 48)
         assert mask[:, side].sum() == 0
         assert mask.sum() > 0
+
+
+def test_growth_follows_a_gentle_gradient_but_stops_at_a_step():
+    gray = np.tile(np.linspace(0.30, 0.36, 96, dtype=np.float32), (48, 1))  # a gentle left-to-right ramp
+    gray[:, 64:] += 0.3  # and a step a third of the way from the right
+    _, mask = render(gray, [(5, 24, "green")])
+    assert mask[:, :60].mean() > 0.95
+    assert mask[:, 68:].sum() == 0
 
 
 def test_mask_is_a_union_of_whole_slic_superpixels_on_a_real_photo():
