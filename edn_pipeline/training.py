@@ -274,7 +274,8 @@ def gray_for(decoder, batch) -> torch.Tensor | None:
 
 
 def load_starting_pipeline(args):
-    """An EDN pipeline to start from: a saved EDN as it is, or an untrained EDN around an SD checkpoint."""
+    """An EDN pipeline to start from (a saved EDN as it is, or an untrained EDN around an SD checkpoint), and
+    whether its decoder got a new, untrained codebook (``--decoder_vq``)."""
     from huggingface_hub import hf_hub_download
 
     from .ccd import load_ccd
@@ -307,7 +308,34 @@ def load_starting_pipeline(args):
         decoder = LuminanceDecoder(**config)
         decoder.load_state_dict(pipe.decoder.state_dict(), strict=False)  # keeps the decoder and gray encoder
         pipe.register_modules(decoder=decoder)
-    return pipe
+        return pipe, True
+    return pipe, False
+
+
+@torch.no_grad()
+def init_codebook_from_data(pipe, dataloader, seed: int) -> None:
+    """Start a new codebook at latent vectors of the training photos.
+
+    nn.Embedding's initial codes sit near zero while SD latents spread over several units, so the codes would
+    take thousands of steps to reach the data (the commitment loss stays at the latents' variance meanwhile).
+    """
+    quantizer = pipe.decoder.quantizer
+    size = quantizer.embedding.weight.shape[0]
+    vectors, count = [], 0
+    for batch in dataloader:
+        if batch["num_examples"] == 0:
+            continue
+        pixels = batch["pixel_values"].to(pipe.vae.device, pipe.vae.dtype)
+        latents = pipe.vae.encode(pixels).latent_dist.mode()
+        vectors.append(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float().cpu())
+        count += vectors[-1].shape[0]
+        if count >= 4 * size:
+            break
+    vectors = torch.cat(vectors)
+    chosen = torch.randperm(vectors.shape[0], generator=torch.Generator().manual_seed(seed))[:size]
+    if len(chosen) < size:  # fewer latent vectors than codes: repeat them
+        chosen = chosen.repeat(math.ceil(size / len(chosen)))[:size]
+    quantizer.embedding.weight.copy_(vectors[chosen].to(quantizer.embedding.weight))
 
 
 def trainable_modules(pipe, args) -> dict[str, nn.Module]:
@@ -569,7 +597,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     except EDNInputError as error:
         raise SystemExit(f"edn training: {error}") from None
 
-    pipe = load_starting_pipeline(args)
+    pipe, new_codebook = load_starting_pipeline(args)
     trained = trainable_modules(pipe, args)
     lora = args.train_unet_lora
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -606,6 +634,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         generator=torch.Generator().manual_seed(args.seed),  # so iterators never draw from the global RNG
     )
 
+    if new_codebook:
+        init_codebook_from_data(pipe, dataloader, args.seed)
     parameters = [p for module in (*trained.values(), pipe.unet) for p in module.parameters() if p.requires_grad]
     parameters = list({id(p): p for p in parameters}.values())
     if args.scale_lr:

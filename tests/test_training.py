@@ -203,3 +203,29 @@ def test_training_can_start_the_ccd_from_a_controlnet(tiny_sd, photos, tmp_path)
     assert torch.equal(ccd.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
     name = "controlnet_cond_embedding.conv_in.weight"
     assert torch.equal(ccd.state_dict()[name][:, :3], controlnet.state_dict()[name])
+
+
+def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
+    import argparse
+
+    import torch
+
+    from edn_pipeline.training import init_codebook_from_data, load_starting_pipeline
+    from edn_pipeline.training_data import TrainingExampleTransform, collate_fn, load_image_dataset
+
+    args = argparse.Namespace(
+        pretrained_model_name_or_path=str(tiny_sd), revision=None, variant=None, controlnet_model_name_or_path=None,
+        decoder_vq=True, codebook_size=8, vq_num_train_timesteps=8, refiner_layers=1, refiner_dim=16,
+    )
+    pipe, new_codebook = load_starting_pipeline(args)
+    assert new_codebook
+    dataset = load_image_dataset(data_dir=photos).with_transform(TrainingExampleTransform(32, pipe.tokenizer))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_fn)
+    init_codebook_from_data(pipe, loader, seed=0)
+    codes = pipe.decoder.quantizer.embedding.weight
+    latents = torch.cat([
+        pipe.vae.encode(b["pixel_values"]).latent_dist.mode().permute(0, 2, 3, 1).reshape(-1, 4)
+        for b in loader if b["num_examples"]
+    ])
+    distances = torch.cdist(codes, latents).min(dim=1).values
+    assert distances.max() < 1e-3  # every code is one of the data's latent vectors (up to float noise)
