@@ -13,12 +13,10 @@ from diffusers import (
     ControlNetModel,
     DDIMScheduler,
     DiffusionPipeline,
-    StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -110,6 +108,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         injection, so it reproduces SD's exactly. ``kwargs`` (``dtype``, ``variant``, ``revision``, ...) go to
         ``StableDiffusionPipeline.from_pretrained``.
         """
+        from diffusers import StableDiffusionPipeline  # here: importing it makes transformers warn about torchvision
+
         sd = StableDiffusionPipeline.from_pretrained(
             pretrained_model_name_or_path,
             safety_checker=None,
@@ -561,7 +561,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         gray = gray.repeat_interleave(num_images_per_prompt, dim=0)
         condition = condition.repeat_interleave(num_images_per_prompt, dim=0).to(device, self.ccd.dtype)
 
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         height, width = gray.shape[-2:]
         latents = self.prepare_latents(
