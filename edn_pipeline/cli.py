@@ -3,9 +3,7 @@
 import argparse
 import glob
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import PIL.Image
@@ -15,8 +13,8 @@ from tqdm.auto import tqdm
 from .errors import EDNInputError
 from .demo import add_demo_parser
 from .evaluate import add_evaluate_parser
+from .files import IMAGE_SUFFIXES, atomic_write
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -80,15 +78,9 @@ def load_hints_file(path: str) -> dict:
 
 
 def save_atomically(image: PIL.Image.Image, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so no half-written image is ever seen."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """No half-written image is ever seen, even if the run is killed while saving."""
+    with atomic_write(path) as f:
+        image.save(f, format="PNG")
 
 
 def load_pipeline(model: str, device: str, dtype: torch.dtype):

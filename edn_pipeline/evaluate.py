@@ -11,9 +11,7 @@
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .errors import EDNInputError
+from .files import IMAGE_SUFFIXES, atomic_write
 
 # Sweepable parameters: command-line name -> (EDNPipeline.__call__ argument, value type, Table 4 label).
 PARAMETERS = {
@@ -42,19 +41,13 @@ METRICS = ("fid", "psnr", "ssim", "lpips", "colourfulness")
 # ------------------------------------------------------------------------------------------------- files
 
 
-def _image_suffixes() -> set[str]:
-    from .cli import IMAGE_SUFFIXES  # lazily: cli imports this module
-
-    return IMAGE_SUFFIXES
-
-
 def images_by_stem(folder, role: str) -> dict[str, Path]:
     """The images under ``folder`` (recursively) keyed by file stem; a stem used twice is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EDNInputError(f"{role} folder {str(folder)!r} does not exist or is not a folder")
     found: dict[str, Path] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _image_suffixes()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         if path.stem in found:
             raise EDNInputError(f"{role} folder has two images named {path.stem!r}: {found[path.stem]} and {path}")
         found[path.stem] = path
@@ -97,17 +90,8 @@ def read_image(path) -> np.ndarray:
 
 
 def write_atomically(text: str, path) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def _jsonable(value):

@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         image_column=args.image_column,
         caption_column=args.caption_column,
         hint_ratio=tuple(args.hint_ratio),
-        no_hint_prob=args.no_hint_prob,
+        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no SLIC where unused
         generic_prompt_prob=args.generic_prompt_prob,
         seed=args.seed,
         center_crop=not args.random_crop,

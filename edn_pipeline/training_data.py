@@ -54,6 +54,7 @@ from .errors import EDNInputError
 from .hint_sampling import TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
 from .hints import hint_condition
 from .luminance import gray_from_lightness, to_lightness
+from .pipeline_edn import DEFAULT_PROMPT
 
 __all__ = [
     "GENERIC_PROMPTS",
@@ -65,9 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Generic prompts that stand in for captions (paper §2.1); the first is the pipeline's DEFAULT_PROMPT.
+# Generic prompts that stand in for captions (paper §2.1); the first is what the pipeline uses without a prompt.
 GENERIC_PROMPTS = (
-    "colored photo",
+    DEFAULT_PROMPT,
     "high-quality photo",
     "a colorful photo",
     "a color photograph",
