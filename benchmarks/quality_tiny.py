@@ -11,7 +11,9 @@ Rows (PSNR, SSIM, colourfulness from :mod:`edn_pipeline.metrics`, means over the
 Every photo is first resized so that its longer side is at most ``--max-side`` (the baseline's solve grows with
 the pixel count); all rows are scored at that size against that photo.
 
-    python benchmarks/quality_tiny.py --data ../shared/data/photos --model edn-tiny
+    python benchmarks/quality_tiny.py --data ../shared/data/photos --model edn-tiny --grid docs/before_after.png
+
+``--grid`` also writes a picture of the first photos: grayscale input, rows 2-4, and the original.
 """
 
 import argparse
@@ -100,10 +102,14 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="an EDN folder or Hub id")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
     parser.add_argument("--hints", type=int, default=10)
     parser.add_argument("--hint-radius", type=float, default=3.0, help="pixels, for EDN and the baseline alike")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=Path, default=None, help="write a before/after PNG of the first photos here")
+    parser.add_argument("--grid-photos", type=int, default=4)
+    parser.add_argument("--grid-height", type=int, default=160, help="pixels per photo in the grid")
     args = parser.parse_args()
 
     pipe = EDNPipeline.from_pretrained(args.model)
@@ -113,6 +119,7 @@ def main() -> None:
         "1. grayscale input (floor)", "2. EDN, no hints, generic prompt",
         f"3. EDN, {args.hints} ground-truth hints", f"4. Levin et al. 2004, same {args.hints} hints",
     )}
+    grid_rows = []
     for number, path in enumerate(paths):
         photo = load(path, args.max_side)
         gray_values = gray_from_lightness(to_lightness(photo))
@@ -121,7 +128,10 @@ def main() -> None:
 
         def colourise(**kwargs):
             generator = torch.Generator().manual_seed(args.seed)
-            image = pipe(gray, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generator, **kwargs)
+            image = pipe(
+                gray, num_inference_steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
+                generator=generator, **kwargs,
+            )
             return np.array(image.images[0])
 
         outputs = [
@@ -135,14 +145,32 @@ def main() -> None:
             scores["SSIM"].append(ssim(output, photo))
             scores["colourfulness"].append(colourfulness(output))
         print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{psnr(o, photo):.2f}" for o in outputs), flush=True)
+        if number < args.grid_photos:
+            grid_rows.append([*outputs, photo])
 
     truth = statistics.mean(colourfulness(load(p, args.max_side)) for p in paths)
     print(f"\n{len(paths)} held-out photos from {args.data} (longer side <= {args.max_side}); model {args.model}, "
-          f"{args.steps} steps, guidance {args.guidance}, seed {args.seed}; ground-truth colourfulness {truth:.2f}")
+          f"{args.steps} steps, strength {args.strength or pipe.config.default_strength}, guidance {args.guidance}, "
+          f"seed {args.seed}; ground-truth colourfulness {truth:.2f}")
     print("| row | PSNR (dB) | SSIM | colourfulness |\n|---|---|---|---|")
     for name, scores in rows.items():
         print(f"| {name} | {statistics.mean(scores['PSNR']):.2f} | {statistics.mean(scores['SSIM']):.4f} | "
               f"{statistics.mean(scores['colourfulness']):.2f} |")
+    if args.grid is not None:
+        save_grid(grid_rows, args.grid, args.grid_height)
+        print(f"\nwrote {args.grid}: columns grayscale input, EDN without hints, EDN with hints, Levin et al., original")
+
+
+def save_grid(rows: list[list[np.ndarray]], path: Path, height: int) -> None:
+    """One line per photo, every image scaled to ``height`` pixels, 4 pixels of white between them."""
+    lines = []
+    for images in rows:
+        scaled = [PIL.Image.fromarray(i).resize((round(i.shape[1] * height / i.shape[0]), height)) for i in images]
+        gap = np.full((height, 4, 3), 255, np.uint8)
+        lines.append(np.concatenate([part for image in scaled for part in (np.array(image), gap)][:-1], axis=1))
+    width = max(line.shape[1] for line in lines)
+    padded = [np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
+    PIL.Image.fromarray(np.concatenate(padded)[:-4]).save(path)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
 def load_hints_file(path: str) -> dict:
     """A JSON object mapping an input's file name (or path) to its list of ``[x, y, colour(, radius)]``."""
     try:
@@ -83,7 +90,8 @@ def save_atomically(image: PIL.Image.Image, path: Path) -> None:
         image.save(f, format="PNG")
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype):
+def load_pipeline(model: str | None, device: str, dtype: torch.dtype):
+    """The named model, or edn-tiny when ``model`` is None."""
     from .pipeline_edn import EDNPipeline
 
     try:
@@ -146,6 +154,7 @@ def colorize(args: argparse.Namespace) -> int:
             hints=[per_image_hints.get(path.name, per_image_hints.get(str(path), args.hint or None)) for path, _ in batch],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
+            strength=args.strength,
             generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
         ).images
         for (path, _), result in zip(batch, images):
@@ -199,12 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     col = commands.add_parser("colorize", help="colourise files, folders or globs into --out")
     col.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     col.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
-    col.add_argument("--model", required=True, help="a Hub id or a local folder saved with save_pretrained")
+    col.add_argument("--model", default=None, help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)")
     col.add_argument("--prompt", default=None, help="text describing the colours")
     col.add_argument("--hint", action="append", type=parse_hint, help="x,y,#rrggbb[,radius]; repeatable")
     col.add_argument("--hints", help="JSON file: {file name: [[x, y, colour(, radius)], ...]}")
     col.add_argument("--steps", type=positive_int, default=50)
     col.add_argument("--guidance", type=non_negative_float, default=5.0)
+    col.add_argument(
+        "--strength", type=unit_fraction, default=None, help="share of the noise schedule run (default: the model's)"
+    )
     col.add_argument("--seed", type=int, default=0)
     col.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: this process's accelerator)")
     col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

@@ -431,7 +431,7 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     from .cli import DTYPES
 
     demo = subparsers.add_parser("demo", help="serve the interactive web demo (needs the [demo] extra)")
-    demo.add_argument("--model", required=True, help="a Hub id or a local folder saved with save_pretrained")
+    demo.add_argument("--model", default=None, help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)")
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     demo.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")

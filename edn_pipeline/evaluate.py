@@ -31,10 +31,11 @@ PARAMETERS = {
     "guidance": ("guidance_scale", float, "Guidance weight"),
     "steps": ("num_inference_steps", int, "Denoising step"),
     "vq_steps": ("vq_steps", int, "Token refinement steps"),
+    "strength": ("strength", float, "Strength"),
 }
 ALIASES = {"guidance_scale": "guidance", "num_inference_steps": "steps"}
-# The paper's defaults (§2.5: DDIM, 50 steps, guidance 5; temperature 1); vq_steps None = the decoder's own.
-DEFAULTS = {"temperature": 1.0, "guidance": 5.0, "steps": 50, "vq_steps": None}
+# The paper's defaults (§2.5: DDIM, 50 steps, guidance 5; temperature 1); vq_steps and strength None = the model's.
+DEFAULTS = {"temperature": 1.0, "guidance": 5.0, "steps": 50, "vq_steps": None, "strength": None}
 METRICS = ("fid", "psnr", "ssim", "lpips", "colourfulness")
 
 
@@ -225,10 +226,11 @@ def check_value(name: str, value):
         "guidance": converted >= 0,
         "steps": converted >= 1,
         "vq_steps": converted >= 0,
+        "strength": 0 < converted <= 1,
     }
     if not (math.isfinite(converted) and low_ok[name]):
-        bound = {"temperature": "> 0", "guidance": ">= 0", "steps": ">= 1", "vq_steps": ">= 0"}[name]
-        raise EDNInputError(f"{name} must be a finite number {bound}, got {value!r}")
+        bound = {"temperature": "> 0", "guidance": ">= 0", "steps": ">= 1", "vq_steps": ">= 0", "strength": "in (0, 1]"}
+        raise EDNInputError(f"{name} must be a finite number {bound[name]}, got {value!r}")
     return converted
 
 
@@ -266,8 +268,9 @@ def sweep(
 ) -> list[dict]:
     """Colourise the grayscale of each photo in ``data_dir`` under each setting and score it (Table 4).
 
-    ``sweeps`` maps a parameter (``temperature``, ``guidance``, ``steps``, ``vq_steps``) to its values; each value
-    is tried with every other parameter at ``base`` (default :data:`DEFAULTS`), as the paper's Table 4. A setting
+    ``sweeps`` maps a parameter (``temperature``, ``guidance``, ``steps``, ``vq_steps``, ``strength``) to its
+    values; each value is tried with every other parameter at ``base`` (default :data:`DEFAULTS`), as the paper's
+    Table 4. A setting
     that comes up twice (the defaults, typically) is colourised once. Each photo uses a generator seeded with
     ``seed``. Returns one row per (parameter, value): ``{"parameter", "value", "settings", "images", "metrics",
     "unavailable"}``.
@@ -478,7 +481,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     folders.add_argument("--pred", help="folder of colourised photos")
     folders.add_argument("--gt", help="folder of ground-truth colour photos (same file names, any extension)")
     model = ev.add_argument_group("sweeping a model")
-    model.add_argument("--model", help="a Hub id or a local folder saved with save_pretrained")
+    model.add_argument(
+        "--model", help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
+    )
     model.add_argument("--data", help="folder of ground-truth colour photos; their grayscale is colourised")
     model.add_argument(
         "--sweep",
@@ -491,6 +496,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--guidance", type=_float_arg, default=DEFAULTS["guidance"], help="default guidance weight")
     model.add_argument("--temperature", type=_float_arg, default=DEFAULTS["temperature"], help="default temperature")
     model.add_argument("--vq-steps", type=int, default=None, help="default token refinement steps (decoder's own)")
+    model.add_argument("--strength", type=_float_arg, default=None, help="default strength (the model's own)")
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--limit", type=positive_int, default=None, help="only the first N photos (by name)")
     model.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -512,7 +518,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if scoring and sweeping:
         raise CLIError("give either --pred and --gt, or --model, --data and --sweep, not both")
     if not scoring and not sweeping:
-        raise CLIError("give --pred and --gt to score folders, or --model, --data and --sweep to sweep a model")
+        raise CLIError("give --pred and --gt to score folders, or --data and --sweep (and --model) to sweep a model")
     for flag, value in (("--fid-weights", args.fid_weights), ("--lpips-weights", args.lpips_weights)):
         if value is not None and not Path(value).is_file():
             raise CLIError(f"{flag} {value!r} is not a file")
@@ -526,7 +532,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     else:
         missing = [
             flag
-            for flag, value in (("--model", args.model), ("--data", args.data), ("--sweep", args.sweep))
+            for flag, value in (("--data", args.data), ("--sweep", args.sweep))
             if not value
         ]
         if missing:
@@ -542,6 +548,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "guidance": args.guidance,
             "temperature": args.temperature,
             "vq_steps": args.vq_steps,
+            "strength": args.strength,
         }
         pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
         pipe.set_progress_bar_config(disable=True)

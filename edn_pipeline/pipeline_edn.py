@@ -2,6 +2,8 @@
 
 import inspect
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +36,9 @@ logger = logging.get_logger(__name__)
 # The generic prompts EDN is trained with in place of captions (paper §2.1); used when no prompt is given.
 DEFAULT_PROMPT = "colored photo"
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# edn-tiny, trained by training/recipes/edn_tiny.sh and shipped in the package: colourisation works offline,
+# with no model named.
+EDN_TINY = str(Path(__file__).resolve().parent / "edn-tiny")
 
 
 def _as_image_list(image) -> list:
@@ -66,6 +71,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         ccd ([`CCDModel`]): the adapter, conditioned on grayscale image, hint colours and hint mask.
         decoder ([`LuminanceDecoder`]): decodes colour latents with the grayscale image.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; DDIM by default (eta 0, as the paper).
+        default_strength (`float`): the ``strength`` of calls that give none, saved in ``model_index.json``: 1.0
+            (the paper) for full models; a small model trained briefly may colour better from the photo's latent.
     """
 
     model_cpu_offload_seq = "text_encoder->ccd->unet->decoder"
@@ -82,6 +89,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         ccd: CCDModel,
         decoder: LuminanceDecoder,
         scheduler: KarrasDiffusionSchedulers,
+        default_strength: float = 1.0,
     ):
         super().__init__()
         self.register_modules(
@@ -93,7 +101,13 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             decoder=decoder,
             scheduler=scheduler,
         )
+        self.register_to_config(default_strength=default_strength)
         self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs) -> "EDNPipeline":
+        """As ``DiffusionPipeline.from_pretrained``; with no model named, edn-tiny (:data:`EDN_TINY`)."""
+        return super().from_pretrained(pretrained_model_name_or_path or EDN_TINY, **kwargs)
 
     @classmethod
     def from_stable_diffusion(
@@ -210,6 +224,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         prompt_embeds,
         negative_prompt_embeds,
         num_inference_steps,
+        strength,
         guidance_scale,
         eta,
         num_images_per_prompt,
@@ -218,12 +233,21 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         output_type,
         generator,
         callback_on_step_end_tensor_inputs,
+        latents=None,
     ) -> int:
         """Validate every call argument; returns the batch size (before ``num_images_per_prompt``)."""
         if not images:
             raise EDNInputError("no image given")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise EDNInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise EDNInputError(f"strength must be a number in (0, 1], got {strength!r}")
+        if strength < 1 and self.vae is None:
+            raise EDNInputError("strength < 1 starts from the photo's latent and needs a vae; this pipeline has none")
+        if strength < 1 and latents is not None:
+            raise EDNInputError("latents are the starting noise of strength 1; give one or the other")
+        if int(num_inference_steps * strength) < 1:
+            raise EDNInputError(f"strength {strength} of {num_inference_steps} steps leaves no step to run")
         for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise EDNInputError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -313,6 +337,24 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
+
+    def get_timesteps(self, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """The last ``strength`` share of the schedule, as diffusers' img2img pipelines take it."""
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_timestep, 0)
+        timesteps = self.scheduler.timesteps[t_start * self.scheduler.order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * self.scheduler.order)
+        return timesteps, num_inference_steps - t_start
+
+    def noised_gray_latents(self, gray: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The grayscale photo's VAE latent (a colour latent with no colour), noised to ``timestep``."""
+        pixels = (gray * 2 - 1).repeat(1, 3, 1, 1).to(device=noise.device, dtype=self.vae.dtype)
+        gray_latents = self.vae.encode(pixels).latent_dist.mode()
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        gray_latents = ((gray_latents - shift) * self.vae.config.scaling_factor).to(noise.dtype)
+        noise = noise / self.scheduler.init_noise_sigma
+        return self.scheduler.add_noise(gray_latents, noise, timestep.repeat(noise.shape[0]))
 
     def prepare_extra_step_kwargs(self, generator, eta):
         step_parameters = set(inspect.signature(self.scheduler.step).parameters)
@@ -455,6 +497,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         hints=None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
+        strength: float | None = None,
         guidance_scale: float = 5.0,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -487,6 +530,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 alpha marks hinted pixels. For a list of images, a list with one such entry per image.
             negative_prompt: what to guide away from (classifier-free guidance).
             num_inference_steps: denoising steps (paper: 50).
+            strength: how much of the noise schedule to run, from the grayscale photo's own latent noised to that
+                level (as diffusers' img2img pipelines do): 1.0 (the paper) starts from pure noise; lower keeps
+                the colours closer to neutral gray, and runs ``strength * num_inference_steps`` steps. Below 1
+                needs the pipeline's ``vae``. ``None``: the pipeline's ``default_strength``.
             guidance_scale: classifier-free guidance weight (paper: 5.0; below 4 or above 6 is worse).
             eta: DDIM's variance weight; 0 (the paper's choice) is deterministic.
             generator: one ``torch.Generator`` or one per output image, for reproducible results.
@@ -513,6 +560,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if is_batch and hints is not None and not isinstance(hints, (list, tuple)):
             raise EDNInputError("for a batch of images, hints must be a list with one entry per image")
         per_image_hints = list(hints) if is_batch and hints is not None else None
+        strength = self.config.default_strength if strength is None else strength
         batch_size = self.check_inputs(
             images,
             prompt,
@@ -521,6 +569,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             prompt_embeds,
             negative_prompt_embeds,
             num_inference_steps,
+            strength,
             guidance_scale,
             eta,
             num_images_per_prompt,
@@ -529,6 +578,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             output_type,
             generator,
             callback_on_step_end_tensor_inputs,
+            latents,
         )
         if per_image_hints is None:
             per_image_hints = [None if is_batch else hints] * len(images)
@@ -562,7 +612,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         condition = condition.repeat_interleave(num_images_per_prompt, dim=0).to(device, self.ccd.dtype)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength)
         self._num_timesteps = len(timesteps)
         height, width = gray.shape[-2:]
         latents = self.prepare_latents(
@@ -575,6 +625,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             generator,
             latents,
         )
+        if strength < 1:
+            latents = self.noised_gray_latents(gray, latents, timesteps[:1])
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order

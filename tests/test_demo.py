@@ -276,10 +276,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_demo():
-    """The demo around a tiny pipeline, served on 127.0.0.1 in a background thread; yields its address."""
-    pipeline = EDNPipeline(**tiny_components())
+    """The demo around edn-tiny, served on 127.0.0.1 in a background thread; yields its address."""
+    pipeline = EDNPipeline.from_pretrained()
     pipeline.set_progress_bar_config(disable=True)
-    page = build_demo(pipeline, max_upload_pixels=200 * 200, default_steps=4)
+    page = build_demo(pipeline, max_upload_pixels=200 * 200, default_steps=10)
     port = free_port()
     launch_demo(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"

@@ -172,7 +172,9 @@ def test_command_line_problems_exit_2_with_one_line(argv, message, capsys):
     assert message in out and out.count("\n") == 1
 
 
-@pytest.mark.parametrize("bad", ["guidance", "colour=1,2", "steps=1.5", "temperature=0", "guidance=-1"])
+@pytest.mark.parametrize(
+    "bad", ["guidance", "colour=1,2", "steps=1.5", "temperature=0", "guidance=-1", "strength=0", "strength=1.5"]
+)
 def test_malformed_sweeps_are_rejected_by_the_parser(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("--model", "m", "--data", "d", "--sweep", bad)

@@ -210,6 +210,45 @@ def test_callback_on_step_end_sees_and_changes_latents(pipe, photo):
     assert torch.count_nonzero(changed) == 0 and torch.count_nonzero(plain) > 0
 
 
+def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent(pipe, photo):
+    """As diffusers' img2img: int(steps · strength) steps, starting at q(x_t | x_0 = the grayscale photo's latent)."""
+    seen = {}
+
+    def record(pipeline, step, t, tensors):
+        seen.setdefault("timesteps", []).append(int(t))
+        return {}
+
+    pipe(photo, num_inference_steps=10, strength=0.3, generator=seeded(0), callback_on_step_end=record)
+    pipe.scheduler.set_timesteps(10)
+    assert seen["timesteps"] == pipe.scheduler.timesteps[-3:].tolist()
+
+    _, gray, _ = pipe.prepare_condition([photo], [None], 1)
+    factor = pipe.vae_scale_factor
+    noise = torch.randn(1, 4, gray.shape[2] // factor, gray.shape[3] // factor, generator=seeded(1))
+    t = pipe.scheduler.timesteps[-3]
+    alpha_bar = pipe.scheduler.alphas_cumprod[t]
+    with torch.no_grad():
+        gray_latent = pipe.vae.encode(gray.repeat(1, 3, 1, 1) * 2 - 1).latent_dist.mode() * pipe.vae.config.scaling_factor
+        started = pipe.noised_gray_latents(gray, noise, t[None])
+    torch.testing.assert_close(started, alpha_bar.sqrt() * gray_latent + (1 - alpha_bar).sqrt() * noise)
+
+
+def test_default_strength_is_saved_with_the_pipeline_and_used_when_none_is_given(photo, tmp_path):
+    EDNPipeline(**tiny_components(), default_strength=0.5).save_pretrained(tmp_path)
+    loaded = EDNPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_strength == 0.5
+    by_default = run(loaded, photo, num_inference_steps=4, output_type="np")
+    np.testing.assert_array_equal(by_default, run(loaded, photo, num_inference_steps=4, strength=0.5, output_type="np"))
+    assert not np.array_equal(by_default, run(loaded, photo, num_inference_steps=4, strength=1.0, output_type="np"))
+
+
+def test_strength_below_one_needs_a_vae(photo):
+    pipe = EDNPipeline(**{**tiny_components(), "vae": None})
+    with pytest.raises(EDNInputError, match="vae"):
+        pipe(photo, num_inference_steps=4, strength=0.5)
+
+
 def test_memory_helpers_are_diffusers_own(pipe):
     for name in ("enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_xformers_memory_efficient_attention"):
         assert getattr(EDNPipeline, name) is getattr(DiffusionPipeline, name)
@@ -233,10 +272,14 @@ def bad_calls(photo):
         (dict(image=photo, generator=[seeded(0), seeded(1)]), "mismatched batch lengths"),
         (dict(image=photo, output_type="jpeg"), "output_type"),
         (dict(image=photo, callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
+        (dict(image=photo, strength=0.0), "strength"),
+        (dict(image=photo, strength=1.5), "strength"),
+        (dict(image=photo, strength=0.2, num_inference_steps=2), "no step"),
+        (dict(image=photo, strength=0.5, latents=torch.zeros(1, 4, 5, 6)), "latents"),
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(17))
 def test_bad_input_raises_a_named_error(pipe, photo, case):
     kwargs, message = bad_calls(photo)[case]
     with pytest.raises(EDNInputError, match=message):
