@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = EDNPipeline.from_pretrained(args.model)
-    pipe.register_to_config(default_strength=args.default_strength)
+    pipe.register_to_config(default_strength=args.default_strength, _name_or_path=args.out.name)
     pipe.decoder.register_to_config(vq_inference_steps=args.vq_inference_steps)
     for name in HALF_PRECISION:
         getattr(pipe, name).to(torch.float16)
