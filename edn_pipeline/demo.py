@@ -196,11 +196,12 @@ def colourise(
     guidance: float = 5.0,
     seed: int = 0,
     on_step: Callable[[int, int], None] | None = None,
+    strength: float | None = None,
 ) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """Colourise ``image`` with ``pipe``; returns ``(before, after)``: its grayscale and the RGB result.
 
     ``hints`` are the pipeline's point hints or the hint table's rows; ``on_step(done, total)`` reports
-    progress.  Bad input raises :class:`EDNInputError`.
+    progress; ``strength`` ``None`` is the model's own.  Bad input raises :class:`EDNInputError`.
     """
     if image is None:
         raise EDNInputError("upload a photo first")
@@ -214,7 +215,7 @@ def colourise(
     if on_step is not None:
 
         def callback(pipeline, index, timestep, tensors):
-            on_step(index + 1, steps)
+            on_step(index + 1, pipeline.num_timesteps)  # strength < 1 runs fewer than ``steps``
             return tensors
 
     prompt = prompt.strip() if isinstance(prompt, str) else prompt
@@ -223,6 +224,7 @@ def colourise(
         prompt=prompt or None,
         hints=hints or None,
         num_inference_steps=steps,
+        strength=None if strength is None else float(strength),
         guidance_scale=guidance,
         generator=torch.Generator().manual_seed(seed),
         callback_on_step_end=callback,
@@ -300,7 +302,7 @@ def build_demo(
     def on_clear_hints(loaded):
         return (draw_hints(loaded["image"], []) if loaded else gr.skip()), []
 
-    def on_run(loaded, prompt, rows, steps, guidance, seed, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+    def on_run(loaded, prompt, rows, steps, strength, guidance, seed, progress=gr.Progress()):  # noqa: B008 (Gradio)
         if not loaded:
             raise gr.Error("upload a photo first")
         try:
@@ -313,6 +315,7 @@ def build_demo(
                 guidance,
                 seed,
                 on_step=lambda done, total: progress((done, total), desc="colourising"),
+                strength=strength,
             )
         except EDNInputError as error:
             raise gr.Error(str(error)) from None
@@ -354,6 +357,9 @@ def build_demo(
                 prompt = gr.Textbox(label="Prompt", placeholder="colored photo", lines=1, elem_id="edn-prompt")
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="edn-steps")
+                    strength = gr.Slider(
+                        0.05, 1, value=pipe.config.default_strength, step=0.05, label="Strength", elem_id="edn-strength"
+                    )
                     guidance = gr.Slider(
                         0, 15, value=default_guidance, step=0.5, label="Guidance", elem_id="edn-guidance"
                     )
@@ -378,7 +384,10 @@ def build_demo(
         undo.click(on_undo, [loaded, table], [photo, table])
         clear_hints.click(on_clear_hints, loaded, [photo, table])
         run.click(
-            on_run, [loaded, prompt, table, steps, guidance, seed], [comparison, download, status], concurrency_limit=1
+            on_run,
+            [loaded, prompt, table, steps, strength, guidance, seed],
+            [comparison, download, status],
+            concurrency_limit=1,
         )
 
     demo.edn_max_upload_mb = max_upload_mb

@@ -187,6 +187,12 @@ def test_colourise_returns_gray_before_and_rgb_after_of_the_input_size(pipe, gra
     assert np.array_equal(np.asarray(again), np.asarray(after))
 
 
+def test_colourise_progress_counts_the_steps_that_strength_runs(pipe, gray_photo):
+    steps = []
+    colourise(pipe, gray_photo, "", [], steps=4, strength=0.5, on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 2), (2, 2)]
+
+
 def test_colourise_without_hints_or_prompt(pipe, gray_photo):
     for hints in (None, [], [["", "", ""]]):
         _, after = colourise(pipe, gray_photo, "  ", hints, steps=1)
