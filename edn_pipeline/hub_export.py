@@ -13,8 +13,9 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
+
+from .files import atomic_folder
 
 PACKAGE = Path(__file__).resolve().parent
 PIPELINE_MODULE = "pipeline_edn"
@@ -58,9 +59,7 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
 
     out_dir = Path(out_dir)
     pipe = EDNPipeline.from_pretrained(model_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         pipe.save_pretrained(staging)
         index_path = staging / "model_index.json"
         index = json.loads(index_path.read_text())
@@ -80,10 +79,4 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
                 repo_id=out_dir.name, base_model=None, stage=unknown, training_data=unknown, hyperparameters={},
                 steps=unknown, hardware=unknown,
             ).save(staging / "README.md")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -10,13 +10,13 @@ folder) is kept: it is written by hand from the recipe's figures.
 """
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.files import atomic_folder
 
 HALF_PRECISION = ("vae", "unet", "ccd", "decoder")
 
@@ -34,17 +34,11 @@ def main() -> None:
     pipe.decoder.register_to_config(vq_inference_steps=args.vq_inference_steps)
     for name in HALF_PRECISION:
         getattr(pipe, name).to(torch.float16)
-    staging = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
     card = args.out / "README.md"
-    if card.is_file():
-        shutil.copy2(card, staging / "README.md")
-    old = args.out.with_name(args.out.name + ".old")
-    if args.out.exists():
-        os.replace(args.out, old)
-    os.replace(staging, args.out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(args.out) as staging:
+        pipe.save_pretrained(staging)
+        if card.is_file():
+            shutil.copy2(card, staging / "README.md")
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out}: {size / 2**20:.1f} MiB")
 
