@@ -22,10 +22,10 @@ import PIL.Image
 import torch
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.luminance import gray_from_lightness, to_lightness
 from edn_pipeline.metrics import psnr, ssim
 
-SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def load(path: Path, pipe: EDNPipeline) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -57,7 +57,7 @@ def main() -> None:
     pipe = EDNPipeline.from_pretrained(args.model).to(args.device)
     if pipe.vae is None:
         parser.error("the model has no vae: it is needed to encode the photos")
-    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in SUFFIXES)
+    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if args.held_out:
         paths = [p for p in paths if p.name.startswith("img_09")]
     paths = paths[: args.limit]
@@ -92,7 +92,7 @@ def main() -> None:
 
     print(f"model {args.model}, {len(paths)} photos from {args.data}, device {args.device}, torch {torch.__version__}")
     print(f"working size {pipe.resolution} px on the longer side")
-    print(f"| decoder | PSNR (dB) | SSIM | ms / image |\n|---|---|---|---|")
+    print("| decoder | PSNR (dB) | SSIM | ms / image |\n|---|---|---|---|")
     for name, values in scores.items():
         print(
             f"| {name} | {statistics.mean(values['psnr']):.2f} | {statistics.mean(values['ssim']):.4f} | "

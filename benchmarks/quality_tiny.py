@@ -28,6 +28,7 @@ import torch
 from skimage.color import rgb2yuv, yuv2rgb
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.luminance import gray_from_lightness, to_lightness, to_uint8
 from edn_pipeline.metrics import colourfulness, psnr, ssim
 
@@ -37,7 +38,7 @@ HELD_OUT = ("bsd100", "urban100")
 def held_out_photos(data: Path) -> list[Path]:
     """img_09* of bsd100 and urban100 when given shared/data/photos, else every image of the folder."""
     found = [p for folder in HELD_OUT for p in sorted((data / folder).glob("img_09*"))]
-    return found or sorted(p for p in data.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    return found or sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load(path: Path, max_side: int) -> np.ndarray:
@@ -158,7 +159,8 @@ def main() -> None:
               f"{statistics.mean(scores['colourfulness']):.2f} |")
     if args.grid is not None:
         save_grid(grid_rows, args.grid, args.grid_height)
-        print(f"\nwrote {args.grid}: columns grayscale input, EDN without hints, EDN with hints, Levin et al., original")
+        columns = "grayscale input, EDN without hints, EDN with hints, Levin et al., original"
+        print(f"\nwrote {args.grid}: columns {columns}")
 
 
 def save_grid(rows: list[list[np.ndarray]], path: Path, height: int) -> None:

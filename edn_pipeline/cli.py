@@ -16,6 +16,7 @@ from .evaluate import add_evaluate_parser
 from .files import IMAGE_SUFFIXES, atomic_write
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODEL_HELP = "a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
 
 
 class CLIError(Exception):
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     col = commands.add_parser("colorize", help="colourise files, folders or globs into --out")
     col.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     col.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
-    col.add_argument("--model", default=None, help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)")
+    col.add_argument("--model", default=None, help=MODEL_HELP)
     col.add_argument("--prompt", default=None, help="text describing the colours")
     col.add_argument("--hint", action="append", type=parse_hint, help="x,y,#rrggbb[,radius]; repeatable")
     col.add_argument("--hints", help="JSON file: {file name: [[x, y, colour(, radius)], ...]}")

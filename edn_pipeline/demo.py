@@ -26,7 +26,7 @@ import PIL.ImageOps
 import torch
 
 from .errors import EDNInputError
-from .luminance import gray_from_lightness, to_lightness, to_uint8
+from .luminance import gray_image
 
 MB = 1024 * 1024  # as Gradio counts its max_file_size
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -182,11 +182,6 @@ def draw_hints(image: PIL.Image.Image, hints, max_side: int = PREVIEW_MAX_SIDE) 
     return preview
 
 
-def grayscale_of(image: PIL.Image.Image) -> PIL.Image.Image:
-    """The grayscale image the model sees (the input's CIE L* as neutral gray), for the 'before' side."""
-    return PIL.Image.fromarray(to_uint8(gray_from_lightness(to_lightness(image)))).convert("RGB")
-
-
 def colourise(
     pipe,
     image: PIL.Image.Image | None,
@@ -229,7 +224,7 @@ def colourise(
         generator=torch.Generator().manual_seed(seed),
         callback_on_step_end=callback,
     ).images[0]
-    return grayscale_of(image), result.convert("RGB")
+    return PIL.Image.fromarray(gray_image(image)).convert("RGB"), result.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------- the page
@@ -358,7 +353,8 @@ def build_demo(
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="edn-steps")
                     strength = gr.Slider(
-                        0.05, 1, value=pipe.config.default_strength, step=0.05, label="Strength", elem_id="edn-strength"
+                        0.05, 1, value=pipe.config.default_strength, step=0.05, label="Strength",
+                        elem_id="edn-strength",
                     )
                     guidance = gr.Slider(
                         0, 15, value=default_guidance, step=0.5, label="Guidance", elem_id="edn-guidance"
@@ -437,10 +433,10 @@ def _positive_float(text: str) -> float:
 
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``edn demo`` to the ``edn`` command's subparsers."""
-    from .cli import DTYPES
+    from .cli import DTYPES, MODEL_HELP
 
     demo = subparsers.add_parser("demo", help="serve the interactive web demo (needs the [demo] extra)")
-    demo.add_argument("--model", default=None, help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)")
+    demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     demo.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .errors import EDNInputError
 from .files import IMAGE_SUFFIXES, atomic_write
+from .luminance import gray_image
 
 # Sweepable parameters: command-line name -> (EDNPipeline.__call__ argument, value type, Table 4 label).
 PARAMETERS = {
@@ -221,16 +222,18 @@ def check_value(name: str, value):
         raise EDNInputError(
             f"{name} values must be {'integers' if kind is int else 'numbers'}, got {value!r}"
         ) from None
-    low_ok = {
+    in_range = {
         "temperature": converted > 0,
         "guidance": converted >= 0,
         "steps": converted >= 1,
         "vq_steps": converted >= 0,
         "strength": 0 < converted <= 1,
     }
-    if not (math.isfinite(converted) and low_ok[name]):
-        bound = {"temperature": "> 0", "guidance": ">= 0", "steps": ">= 1", "vq_steps": ">= 0", "strength": "in (0, 1]"}
-        raise EDNInputError(f"{name} must be a finite number {bound[name]}, got {value!r}")
+    if not (math.isfinite(converted) and in_range[name]):
+        bounds = {
+            "temperature": "> 0", "guidance": ">= 0", "steps": ">= 1", "vq_steps": ">= 0", "strength": "in (0, 1]"
+        }
+        raise EDNInputError(f"{name} must be a finite number {bounds[name]}, got {value!r}")
     return converted
 
 
@@ -239,13 +242,6 @@ def data_photos(data_dir, limit: int | None = None) -> list[Path]:
     photos = list(images_by_stem(data_dir, "data").values())
     photos.sort(key=lambda p: (p.stem, str(p)))
     return photos[:limit] if limit else photos
-
-
-def grayscale_input(photo: np.ndarray) -> np.ndarray:
-    """The 8-bit grayscale of a colour photo with the photo's CIE L* (what EDN keeps of its input)."""
-    from .luminance import gray_from_lightness, to_lightness, to_uint8
-
-    return to_uint8(gray_from_lightness(to_lightness(photo)))
 
 
 def _settings_label(settings: dict) -> str:
@@ -301,7 +297,7 @@ def sweep(
         for path in photos:
             gt = read_image(path)
             result = pipe(
-                grayscale_input(gt),
+                gray_image(gt),
                 prompt=prompt,
                 generator=torch.Generator().manual_seed(seed),
                 **kwargs,
@@ -465,7 +461,7 @@ def _float_arg(text: str) -> float:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``evaluate`` to an ``argparse`` subparsers object; it runs :func:`evaluate_command`."""
-    from .cli import DTYPES, positive_int
+    from .cli import DTYPES, MODEL_HELP, positive_int
 
     ev = subparsers.add_parser(
         "evaluate",
@@ -481,9 +477,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     folders.add_argument("--pred", help="folder of colourised photos")
     folders.add_argument("--gt", help="folder of ground-truth colour photos (same file names, any extension)")
     model = ev.add_argument_group("sweeping a model")
-    model.add_argument(
-        "--model", help="a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
-    )
+    model.add_argument("--model", help=MODEL_HELP)
     model.add_argument("--data", help="folder of ground-truth colour photos; their grayscale is colourised")
     model.add_argument(
         "--sweep",

@@ -23,6 +23,7 @@ from .errors import EDNInputError
 __all__ = [
     "to_lightness",
     "gray_from_lightness",
+    "gray_image",
     "chroma",
     "compose_with_lightness",
     "to_uint8",
@@ -131,6 +132,11 @@ def compose_with_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
             block = slice(start, start + _BLOCK_PIXELS)
             rgb[block] = _compose_block(lab[block])
     return rgb.reshape(lightness.shape + (3,))
+
+
+def gray_image(image) -> np.ndarray:
+    """The (H, W) uint8 grayscale EDN makes of ``image``: its CIE L* as neutral gray (the input it keeps)."""
+    return to_uint8(gray_from_lightness(to_lightness(image)))
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

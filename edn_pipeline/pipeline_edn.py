@@ -105,7 +105,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs) -> "EDNPipeline":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
+    ) -> "EDNPipeline":
         """As ``DiffusionPipeline.from_pretrained``; with no model named, edn-tiny (:data:`EDN_TINY`)."""
         return super().from_pretrained(pretrained_model_name_or_path or EDN_TINY, **kwargs)
 

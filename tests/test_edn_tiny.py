@@ -54,7 +54,7 @@ def test_default_model_is_the_shipped_edn_tiny_with_the_full_models_classes(tiny
         assert isinstance(getattr(tiny, name), cls), name
     assert tiny.decoder.quantizer is not None and tiny.decoder.refiner is not None
     # stored as float16 to halve the package, loaded as float32 for CPUs
-    assert {p.dtype for p in tiny.components["unet"].parameters()} == {torch.float32}
+    assert {p.dtype for p in tiny.unet.parameters()} == {torch.float32}
     assert {p.dtype for p in tiny.decoder.parameters()} == {torch.float32}
 
 

@@ -15,11 +15,11 @@ from edn_pipeline.errors import EDNInputError
 from edn_pipeline.evaluate import (
     add_evaluate_parser,
     evaluate_folders,
-    grayscale_input,
     sweep,
     sweep_markdown,
     table4,
 )
+from edn_pipeline.luminance import gray_image
 from edn_pipeline.testing_utils import tiny_components
 
 
@@ -218,7 +218,7 @@ def test_sweep_rows_match_a_direct_colourisation(pipe, data_dir, photo):
     truths = [photo, photo[::-1].copy()]
     outputs = [
         pipe(
-            grayscale_input(gt), guidance_scale=5.0, num_inference_steps=1, generator=torch.Generator().manual_seed(7)
+            gray_image(gt), guidance_scale=5.0, num_inference_steps=1, generator=torch.Generator().manual_seed(7)
         ).images[0]
         for gt in truths
     ]
@@ -229,7 +229,7 @@ def test_sweep_rows_match_a_direct_colourisation(pipe, data_dir, photo):
 def test_grayscale_input_keeps_the_photos_lightness(photo):
     from skimage.color import rgb2lab
 
-    gray = grayscale_input(photo)
+    gray = gray_image(photo)
     assert gray.shape == photo.shape[:2] and gray.dtype == np.uint8
     lightness = rgb2lab(np.repeat(gray[..., None], 3, axis=2) / 255.0)[..., 0]
     assert np.abs(lightness - rgb2lab(photo / 255.0)[..., 0]).max() < 0.5

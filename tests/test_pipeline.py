@@ -228,7 +228,8 @@ def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent
     t = pipe.scheduler.timesteps[-3]
     alpha_bar = pipe.scheduler.alphas_cumprod[t]
     with torch.no_grad():
-        gray_latent = pipe.vae.encode(gray.repeat(1, 3, 1, 1) * 2 - 1).latent_dist.mode() * pipe.vae.config.scaling_factor
+        gray_latent = pipe.vae.encode(gray.repeat(1, 3, 1, 1) * 2 - 1).latent_dist.mode()
+        gray_latent = gray_latent * pipe.vae.config.scaling_factor
         started = pipe.noised_gray_latents(gray, noise, t[None])
     torch.testing.assert_close(started, alpha_bar.sqrt() * gray_latent + (1 - alpha_bar).sqrt() * noise)
 
@@ -239,7 +240,8 @@ def test_default_strength_is_saved_with_the_pipeline_and_used_when_none_is_given
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.default_strength == 0.5
     by_default = run(loaded, photo, num_inference_steps=4, output_type="np")
-    np.testing.assert_array_equal(by_default, run(loaded, photo, num_inference_steps=4, strength=0.5, output_type="np"))
+    explicit = run(loaded, photo, num_inference_steps=4, strength=0.5, output_type="np")
+    np.testing.assert_array_equal(by_default, explicit)
     assert not np.array_equal(by_default, run(loaded, photo, num_inference_steps=4, strength=1.0, output_type="np"))
 
 

@@ -16,10 +16,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.training_data import GENERIC_PROMPTS
 
 HELD_OUT = "img_09"  # bsd100/img_09* and urban100/img_09*: never trained on (shared/data/photos/README.md)
-SUFFIXES = {".png", ".jpg", ".jpeg"}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -40,7 +40,7 @@ def build_data_folder(photos: Path, data: Path) -> list[str]:
     training = [
         p
         for p in sorted(photos.rglob("*"))
-        if p.suffix.lower() in SUFFIXES and not (p.name.startswith(HELD_OUT) and p.parent.name in ("bsd100", "urban100"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and not (p.name.startswith(HELD_OUT) and p.parent.name in ("bsd100", "urban100"))
     ]
     with open(data / "metadata.jsonl", "w") as metadata:
         for index, path in enumerate(training):
