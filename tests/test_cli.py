@@ -5,6 +5,7 @@ import json
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from skimage.color import rgb2lab
 
 from edn_pipeline import EDNPipeline
@@ -95,7 +96,9 @@ def test_missing_model_is_a_one_line_error(inputs, tmp_path, capsys):
     assert "cannot load model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["--steps", "0"], ["--guidance", "nan"], ["--hint", "1,2"]])
+@pytest.mark.parametrize(
+    "flag", [["--steps", "0"], ["--guidance", "nan"], ["--hint", "1,2"], ["--strength", "0"], ["--strength", "1.5"]]
+)
 def test_bad_flags_exit_2(model_dir, inputs, tmp_path, flag):
     with pytest.raises(SystemExit) as exit_info:
         colorize(model_dir, inputs, "--out", tmp_path / "o", *flag)
@@ -111,6 +114,20 @@ def test_batches_give_what_single_calls_give(model_dir, inputs, tmp_path, photo)
     for name in ("a.png", "b.png", "c.png", "d.png"):
         a, b = (np.array(PIL.Image.open(d / name)).astype(int) for d in (one, four))
         assert np.abs(a - b).max() <= 1, name  # 8-bit rounding of values equal to 1e-4
+
+
+def test_strength_reaches_the_pipeline(model_dir, inputs, tmp_path):
+    assert colorize(model_dir, inputs, "--out", tmp_path / "half", "--strength", "0.5") == 0
+    pipe = EDNPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    gray = PIL.Image.open(inputs / "a.png")
+    expected = [
+        np.array(pipe(gray, num_inference_steps=2, strength=s, generator=torch.Generator().manual_seed(0)).images[0])
+        for s in (0.5, 1.0)
+    ]
+    written = np.array(PIL.Image.open(tmp_path / "half" / "a.png")).astype(int)
+    assert np.abs(written - expected[0]).max() <= 1
+    assert np.abs(written - expected[1]).max() > 1
 
 
 def test_a_bad_hint_fails_only_its_own_image_in_a_batch(model_dir, inputs, tmp_path, capsys):
