@@ -1,15 +1,16 @@
-"""Training-time colour hints, sampled as the paper does (§2.1).
+"""Training-time colour hints: the paper's superpixel regions (§2.1) and the points users click.
 
-The ground-truth colour photo is cut into SLIC superpixels, each superpixel's
-mean colour is quantised to a small palette (k-means in CIELAB), and a random
-30–50 % of the superpixels become hints; with a small probability a sample
-gets no hints at all, so the adapter also learns the unconditional mode.
+Regions, as the paper samples them: the ground-truth colour photo is cut into
+SLIC superpixels, each superpixel's mean colour is quantised to a small palette
+(k-means in CIELAB), and a random 30–50 % of the superpixels become hints.
+Points, as users give them: 1 to 50 pixels at random positions (log-uniform
+count, so sparse hints are as common as dense ones) with the ground truth's
+colour there.  With a small probability a sample gets no hints at all, so the
+adapter also learns the unconditional mode.
 
-A kept region's hint colour follows exactly the rule used at inference
-(:func:`edn_pipeline.hints.render_hints`): the quantised colour's HSL hue and
-saturation, with the gray image's own value as HSL lightness.  Training and
-inference conditions therefore only differ in *where* hints come from
-(regions of the true colours vs. a user's points), never in how they look.
+Both kinds are seeds that go through :func:`edn_pipeline.hints.propagate_hints`,
+exactly as a user's hints at inference: training and inference conditions only
+differ in *where* hints come from, never in how they are spread or how they look.
 """
 
 from __future__ import annotations
@@ -23,23 +24,25 @@ from skimage.color import lab2rgb, rgb2lab
 from skimage.segmentation import slic
 
 from .errors import EDNInputError
-from .hints import SLIC_SEGMENTS, relight
+from .hints import HintPoint, point_seeds, propagate_hints
 
 __all__ = [
     "TRAIN_SLIC_SEGMENTS",
     "TRAIN_SLIC_COMPACTNESS",
     "TRAIN_N_COLORS",
+    "MAX_HINT_POINTS",
     "quantized_superpixels",
     "sample_training_hints",
 ]
 
-# Same number of superpixels as inference-time propagation, so a training hint
-# region has the size of the region a user's point spreads over.
-TRAIN_SLIC_SEGMENTS = SLIC_SEGMENTS
+# 256 superpixels: at the 128 px training size a region is about 8×8 pixels, one latent pixel.
+TRAIN_SLIC_SEGMENTS = 256
 # skimage's usual compactness for colour images (SLIC works in CIELAB, L* spanning 0..100).
 TRAIN_SLIC_COMPACTNESS = 10.0
 # Palette size of the colour quantisation (capped by the number of superpixels).
 TRAIN_N_COLORS = 32
+# Point hints per sample: up to the densest setting users and the quality benchmark give.
+MAX_HINT_POINTS = 50
 # Lloyd iterations of the palette's k-means; superpixel means are few, so this is cheap.
 _KMEANS_ITERATIONS = 10
 # The palette depends on the image only (not on the sample's rng): quantisation is a
@@ -89,16 +92,18 @@ def sample_training_hints(
     rng: np.random.Generator,
     hint_ratio: tuple[float, float] = (0.3, 0.5),
     no_hint_prob: float = 0.1,
+    point_hint_prob: float = 0.0,
+    max_points: int = MAX_HINT_POINTS,
     n_segments: int = TRAIN_SLIC_SEGMENTS,
     n_colors: int = TRAIN_N_COLORS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sample the colour hints of one training example (paper §2.1).
+    """Sample the colour hints of one training example.
 
-    With probability ``no_hint_prob`` the sample gets no hints.  Otherwise a fraction
-    drawn uniformly from ``hint_ratio`` of the SLIC superpixels of ``rgb`` (see
-    :func:`quantized_superpixels`) is kept; each kept superpixel is filled with its
-    quantised colour's HSL hue and saturation at the lightness of ``gray``, exactly
-    as inference renders a user's hint.
+    With probability ``no_hint_prob`` the sample gets no hints. Otherwise, with probability
+    ``point_hint_prob``, 1 to ``max_points`` points (log-uniform count, uniform positions, each with the
+    ground truth's colour at its pixel); else the paper's regions: a fraction drawn uniformly from
+    ``hint_ratio`` of the SLIC superpixels of ``rgb`` (see :func:`quantized_superpixels`), each with its
+    quantised colour. The seeds are spread by :func:`~edn_pipeline.hints.propagate_hints`, as at inference.
 
     Args:
         rgb: (H, W, 3) ground-truth colour image, float in [0, 1].
@@ -107,7 +112,7 @@ def sample_training_hints(
         rng: the only source of randomness; the same generator state gives the same hints.
 
     Returns:
-        ``(hint_rgb, mask)``: (H, W, 3) and (H, W) float32 in [0, 1], zero where no hint.
+        ``(hint_rgb, confidence)``: (H, W, 3) and (H, W) float32 in [0, 1], zero without hints.
     """
     rgb = _check_rgb(rgb)
     gray = np.asarray(gray, dtype=np.float32)
@@ -116,27 +121,33 @@ def sample_training_hints(
     low, high = (float(r) for r in hint_ratio)
     if not 0.0 <= low <= high <= 1.0:
         raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
-    if not 0.0 <= no_hint_prob <= 1.0:
-        raise EDNInputError(f"no_hint_prob must lie in [0, 1], got {no_hint_prob}")
+    for name, p in (("no_hint_prob", no_hint_prob), ("point_hint_prob", point_hint_prob)):
+        if not 0.0 <= p <= 1.0:
+            raise EDNInputError(f"{name} must lie in [0, 1], got {p}")
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise EDNInputError(f"max_points must be a positive integer, got {max_points!r}")
 
     h, w = gray.shape
-    hint_rgb = np.zeros((h, w, 3), np.float32)
-    mask = np.zeros((h, w), np.float32)
+    seed = np.zeros((h, w), bool)
+    seed_rgb = np.zeros((h, w, 3), np.float32)
     if rng.random() < no_hint_prob:
-        return hint_rgb, mask
+        return propagate_hints(gray, seed, seed_rgb)
+    if rng.random() < point_hint_prob:
+        count = int(np.exp(rng.uniform(0.0, np.log(max_points + 1))))
+        xs, ys = rng.integers(0, w, count), rng.integers(0, h, count)
+        points = [HintPoint(x + 0.5, y + 0.5, tuple(int(c) for c in np.round(rgb[y, x] * 255))) for x, y in zip(xs, ys)]
+        seed, seed_rgb = point_seeds(points, (w, h), (w, h))
+        return propagate_hints(gray, seed, seed_rgb)
 
     labels, colours = quantized_superpixels(rgb, n_segments, n_colors)
     n = len(colours)
     n_kept = _kept_count(n, rng.uniform(low, high), low, high)
-    if n_kept == 0:
-        return hint_rgb, mask
     kept = np.zeros(n, bool)
-    kept[rng.choice(n, size=n_kept, replace=False)] = True
-
-    hinted = kept[labels]
-    hint_rgb[hinted] = relight(colours[labels[hinted]], gray[hinted])
-    mask[hinted] = 1.0
-    return hint_rgb, mask
+    if n_kept:
+        kept[rng.choice(n, size=n_kept, replace=False)] = True
+    seed = kept[labels]
+    seed_rgb[seed] = colours[labels[seed]]
+    return propagate_hints(gray, seed, seed_rgb)
 
 
 def _kept_count(n: int, ratio: float, low: float, high: float) -> int:

@@ -349,14 +349,21 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             self.scheduler.set_begin_index(t_start * self.scheduler.order)
         return timesteps, num_inference_steps - t_start
 
-    def noised_gray_latents(self, gray: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The grayscale photo's VAE latent (a colour latent with no colour), noised to ``timestep``."""
-        pixels = (gray * 2 - 1).repeat(1, 3, 1, 1).to(device=noise.device, dtype=self.vae.dtype)
-        gray_latents = self.vae.encode(pixels).latent_dist.mode()
+    @staticmethod
+    def hinted_photo(condition: torch.Tensor) -> torch.Tensor:
+        """The photo as its hints colour it, (B, 3, h, w) in [0, 1]: the gray, moved toward the propagated hint
+        colours as far as their confidence goes (the gray itself where there are no hints)."""
+        gray, hint_rgb, confidence = condition[:, :3], condition[:, 3:6], condition[:, 6:7]
+        return gray + confidence * (hint_rgb - gray)
+
+    def noised_image_latents(self, pixels: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The VAE latent of ``pixels`` (B, 3, h, w) in [0, 1], noised to ``timestep``: where strength < 1 starts."""
+        pixels = (pixels * 2 - 1).to(device=noise.device, dtype=self.vae.dtype)
+        image_latents = self.vae.encode(pixels).latent_dist.mode()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        gray_latents = ((gray_latents - shift) * self.vae.config.scaling_factor).to(noise.dtype)
+        image_latents = ((image_latents - shift) * self.vae.config.scaling_factor).to(noise.dtype)
         noise = noise / self.scheduler.init_noise_sigma
-        return self.scheduler.add_noise(gray_latents, noise, timestep.repeat(noise.shape[0]))
+        return self.scheduler.add_noise(image_latents, noise, timestep.repeat(noise.shape[0]))
 
     def prepare_extra_step_kwargs(self, generator, eta):
         step_parameters = set(inspect.signature(self.scheduler.step).parameters)
@@ -532,9 +539,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 alpha marks hinted pixels. For a list of images, a list with one such entry per image.
             negative_prompt: what to guide away from (classifier-free guidance).
             num_inference_steps: denoising steps (paper: 50).
-            strength: how much of the noise schedule to run, from the grayscale photo's own latent noised to that
-                level (as diffusers' img2img pipelines do): 1.0 (the paper) starts from pure noise; lower keeps
-                the colours closer to neutral gray, and runs ``strength * num_inference_steps`` steps. Below 1
+            strength: how much of the noise schedule to run, from the latent of the photo as its hints colour it
+                (the grayscale photo without hints; :meth:`hinted_photo`) noised to that level, as diffusers'
+                img2img pipelines do: 1.0 (the paper) starts from pure noise; lower keeps the colours closer to
+                the hints' (or to neutral gray), and runs ``strength * num_inference_steps`` steps. Below 1
                 needs the pipeline's ``vae``. ``None``: the pipeline's ``default_strength``.
             guidance_scale: classifier-free guidance weight (paper: 5.0; below 4 or above 6 is worse).
             eta: DDIM's variance weight; 0 (the paper's choice) is deterministic.
@@ -628,7 +636,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             latents,
         )
         if strength < 1:
-            latents = self.noised_gray_latents(gray, latents, timesteps[:1])
+            latents = self.noised_image_latents(self.hinted_photo(condition), latents, timesteps[:1])
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order

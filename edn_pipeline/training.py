@@ -8,8 +8,10 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   ``λ2·L_VQ-Dif`` for its token refiner;
 * ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction);
 * ``--stage vae`` trains the autoencoder itself (L1 + a small KL term), for a model without a pretrained SD
-  such as edn-tiny; the exported decoder then restarts from the trained VAE decoder, and the VAE's
-  ``scaling_factor`` is set to 1 / std of its latents, as SD's was.
+  such as edn-tiny, and sets the VAE's ``scaling_factor`` to 1 / std of its latents, as SD's was. With
+  ``--vae_decoder kl`` the VAE's own decoder is trained and the exported luminance-aware decoder restarts from
+  it; with ``--vae_decoder luminance`` the encoder is trained together with the luminance-aware decoder, which
+  sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
 All losses come from :mod:`edn_pipeline.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
 drawn from a generator seeded by (seed, epoch, step, process), so a resumed run repeats an uninterrupted one.
@@ -31,7 +33,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .losses import ccd_loss, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
+from .losses import ccd_loss, chroma_l1, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
 from .mask_and_replace import q_sample
 
 logger = logging.getLogger("edn_pipeline.training")
@@ -67,7 +69,12 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--random_crop", action="store_true", help="random instead of centre crops")
     add("--hint_ratio", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"))
     add("--no_hint_prob", type=float, default=0.1, help="share of examples trained without hints")
+    add("--point_hint_prob", type=float, default=0.5,
+        help="share of hinted examples given points (as users click) instead of the paper's superpixel regions")
+    add("--max_hint_points", type=int, default=50, help="most points of a point-hinted example")
     add("--generic_prompt_prob", type=float, default=0.5, help="chance a caption becomes a generic prompt")
+    add("--proportion_empty_prompts", type=float, default=0.0,
+        help="share of examples trained with the empty prompt, the unconditional branch of classifier-free guidance")
     add("--dataloader_num_workers", type=int, default=0)
     # decoder architecture when the starting model has no VQ stage
     add("--decoder_vq", action="store_true", help="give the decoder its quantiser and token refiner")
@@ -99,6 +106,9 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
     add("--kl_weight", type=float, default=1e-6, help="KL weight of the vae stage")
+    add("--vae_decoder", choices=("kl", "luminance"), default="kl",
+        help="vae stage: train the encoder with the VAE's own decoder, or with the luminance-aware decoder")
+    add("--chroma_weight", type=float, default=0.0, help="vae stage: weight of the L1 on CIE a*b* (units of 100)")
     add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
@@ -136,6 +146,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--train_unet and --train_unet_lora exclude each other")
     if args.stage in ("decoder", "vae") and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
+    for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name} must lie in [0, 1]")
+    if args.max_hint_points < 1:
+        parser.error("--max_hint_points must be at least 1")
+    if args.stage != "vae" and (args.vae_decoder != "kl" or args.chroma_weight):
+        parser.error("--vae_decoder and --chroma_weight belong to the vae stage")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -154,10 +171,19 @@ class EDNTrainingModel(nn.Module):
     """
 
     def __init__(
-        self, pipe, noise_scheduler, stage: str, lambda_ccd: float, lambda_vq: float, vq_aux_weight: float, kl_weight: float
+        self,
+        pipe,
+        noise_scheduler,
+        stage: str,
+        lambda_ccd: float,
+        lambda_vq: float,
+        vq_aux_weight: float,
+        kl_weight: float,
+        vae_decoder: str = "kl",
+        chroma_weight: float = 0.0,
     ):
         super().__init__()
-        self.kl_weight = kl_weight
+        self.kl_weight, self.vae_decoder, self.chroma_weight = kl_weight, vae_decoder, chroma_weight
         self.register_buffer("latent_moments", torch.zeros(3, dtype=torch.float64), persistent=False)  # n, Σx, Σx²
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
@@ -167,7 +193,7 @@ class EDNTrainingModel(nn.Module):
 
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.stage == "vae":
-            return self.vae_losses(batch["pixel_values"], generator)
+            return self.vae_losses(batch["pixel_values"], batch["gray_values"], generator)
         pixels = batch["pixel_values"]
         gray = batch["gray_values"]
         with torch.no_grad():
@@ -187,15 +213,26 @@ class EDNTrainingModel(nn.Module):
         losses["loss"] = total_loss(l_dif, l_ccd, l_vq, self.lambda_ccd, self.lambda_vq) + extra
         return losses
 
-    def vae_losses(self, pixels, generator):
-        """L1 reconstruction plus a small KL to the unit Gaussian; tracks the latents' moments for scaling."""
+    def vae_losses(self, pixels, gray, generator):
+        """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*) and a small KL to the unit Gaussian;
+        tracks the latents' moments for scaling. The luminance-aware decoder is given the grayscale image."""
         posterior = self.vae.encode(pixels).latent_dist
-        reconstruction = F.l1_loss(self.vae.decode(posterior.sample(generator)).sample, pixels)
+        latents = posterior.sample(generator)
+        if self.vae_decoder == "luminance":
+            decoded = self.decoder(latents, gray, vq_steps=0).sample
+        else:
+            decoded = self.vae.decode(latents).sample
+        reconstruction = F.l1_loss(decoded, pixels)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
+        losses = {"reconstruction": reconstruction, "kl": kl}
+        loss = reconstruction + self.kl_weight * kl
+        if self.chroma_weight:
+            losses["chroma"] = chroma_l1((decoded.float() + 1) / 2, (pixels.float() + 1) / 2)
+            loss = loss + self.chroma_weight * losses["chroma"]
         with torch.no_grad():
             mean = posterior.mean.double()
             self.latent_moments += torch.stack([mean.new_tensor(mean.numel()), mean.sum(), mean.square().sum()])
-        return {"loss": reconstruction + self.kl_weight * kl, "reconstruction": reconstruction, "kl": kl}
+        return {"loss": loss, **losses}
 
     def latent_std(self) -> float:
         count, total, squares = self.latent_moments.tolist()
@@ -345,6 +382,8 @@ def trainable_modules(pipe, args) -> dict[str, nn.Module]:
     trained = {}
     if args.stage == "vae":
         trained["vae"] = pipe.vae
+        if args.vae_decoder == "luminance":
+            trained["decoder"] = pipe.decoder
     if args.stage in ("ccd", "joint"):
         trained["ccd"] = pipe.ccd
     if args.stage in ("decoder", "joint"):
@@ -477,11 +516,19 @@ def log_validation(accelerator, pipe, args, step: int) -> list:
 # ----------------------------------------------------------------------------------------------- export
 
 
-def adopt_trained_vae(pipe, latent_std: float) -> None:
-    """After the vae stage: SD's latent scaling (1 / std) and a decoder restarted from the new VAE decoder."""
+def adopt_trained_vae(pipe, latent_std: float, vae_decoder: str) -> None:
+    """After the vae stage: SD's latent scaling (1 / std), and a luminance-aware decoder that decodes the new
+    latents: the one trained with the encoder (its weights also copied into the VAE's own decoder, which then
+    lacks only the grayscale features), or one restarted from the new VAE decoder."""
     from .luminance_decoder import VAE_CONFIG_KEYS, LuminanceDecoder
 
     pipe.vae.register_to_config(scaling_factor=1.0 / latent_std)
+    if vae_decoder == "luminance":
+        pipe.decoder.register_to_config(scaling_factor=1.0 / latent_std)
+        pipe.vae.decoder.load_state_dict(pipe.decoder.decoder.state_dict())
+        if pipe.decoder.post_quant_conv is not None:
+            pipe.vae.post_quant_conv.load_state_dict(pipe.decoder.post_quant_conv.state_dict())
+        return
     options = {k: v for k, v in pipe.decoder.config.items() if not k.startswith("_") and k not in VAE_CONFIG_KEYS}
     pipe.register_modules(decoder=LuminanceDecoder.from_vae(pipe.vae, **options))
 
@@ -507,7 +554,7 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
         for key in (
             "stage", "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
             "max_train_steps", "mixed_precision", "lambda_ccd", "lambda_vq", "hint_ratio", "no_hint_prob",
-            "generic_prompt_prob", "train_unet_lora", "train_unet", "use_ema", "seed",
+            "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts", "train_unet_lora", "train_unet", "use_ema", "seed",
         )
     }
     data = args.training_data_description or args.dataset_name or f"image folder `{Path(args.train_data_dir).name}`"
@@ -619,8 +666,11 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         image_column=args.image_column,
         caption_column=args.caption_column,
         hint_ratio=tuple(args.hint_ratio),
-        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no SLIC where unused
+        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no hints where unused
+        point_hint_prob=args.point_hint_prob,
+        max_hint_points=args.max_hint_points,
         generic_prompt_prob=args.generic_prompt_prob,
+        proportion_empty_prompts=args.proportion_empty_prompts,
         seed=args.seed,
         center_crop=not args.random_crop,
     )
@@ -660,7 +710,15 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     model = EDNTrainingModel(
-        pipe, noise_scheduler, args.stage, args.lambda_ccd, args.lambda_vq, args.vq_aux_weight, args.kl_weight
+        pipe,
+        noise_scheduler,
+        args.stage,
+        args.lambda_ccd,
+        args.lambda_vq,
+        args.vq_aux_weight,
+        args.kl_weight,
+        args.vae_decoder,
+        args.chroma_weight,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
@@ -745,7 +803,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
         if args.stage == "vae":
-            adopt_trained_vae(pipe, accelerator.unwrap_model(model).latent_std())
+            adopt_trained_vae(pipe, accelerator.unwrap_model(model).latent_std(), args.vae_decoder)
         export_pipeline(pipe, trained, ema, args, global_step, lora)
         if args.validation_image:
             log_validation(accelerator, pipe, args, global_step)

@@ -26,7 +26,9 @@ Each example becomes
   :func:`~edn_pipeline.hints.hint_condition` of the gray and of hints sampled by
   :func:`~edn_pipeline.hint_sampling.sample_training_hints`;
 - ``input_ids`` (model_max_length,): the tokenized caption, replaced by a random generic prompt with
-  probability ``generic_prompt_prob`` or when the caption is empty (paper §2.1); ``caption`` keeps the text.
+  probability ``generic_prompt_prob`` or when the caption is empty (paper §2.1), and by the empty prompt with
+  probability ``proportion_empty_prompts`` (as diffusers' training scripts: the empty prompt is what
+  classifier-free guidance's unconditional branch encodes); ``caption`` keeps the text.
 
 Randomness (crop offset, prompt replacement, hints) is reproducible and independent of the DataLoader's
 workers and of the order of the data: each example's generator is seeded from ``(seed, epoch, BLAKE2b hash of
@@ -51,7 +53,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import EDNInputError
-from .hint_sampling import TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
+from .hint_sampling import MAX_HINT_POINTS, TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
 from .hints import hint_condition
 from .luminance import gray_from_lightness, to_lightness
 from .pipeline_edn import DEFAULT_PROMPT
@@ -223,9 +225,10 @@ class TrainingExampleTransform:
         resolution: side of the square training crop, in pixels.
         tokenizer: the pipeline's CLIP tokenizer; ``None`` leaves out ``input_ids`` (``caption`` stays).
         image_column, caption_column: the dataset's columns; ``caption_column=None`` means no captions.
-        hint_ratio, no_hint_prob, n_segments, n_colors: passed to
+        hint_ratio, no_hint_prob, point_hint_prob, max_hint_points, n_segments, n_colors: passed to
             :func:`~edn_pipeline.hint_sampling.sample_training_hints`.
         generic_prompt_prob: probability of replacing a (non-empty) caption by a generic prompt.
+        proportion_empty_prompts: probability of training with the empty prompt instead.
         generic_prompts: the generic prompts, drawn uniformly.
         seed: base seed of all per-example randomness.
         center_crop: centre crop (default, as diffusers' training scripts) or a random crop.
@@ -239,7 +242,10 @@ class TrainingExampleTransform:
         caption_column: str | None = "text",
         hint_ratio: tuple[float, float] = (0.3, 0.5),
         no_hint_prob: float = 0.1,
+        point_hint_prob: float = 0.0,
+        max_hint_points: int = MAX_HINT_POINTS,
         generic_prompt_prob: float = 0.5,
+        proportion_empty_prompts: float = 0.0,
         generic_prompts: Sequence[str] = GENERIC_PROMPTS,
         seed: int = 0,
         center_crop: bool = True,
@@ -248,9 +254,17 @@ class TrainingExampleTransform:
     ):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise EDNInputError(f"resolution must be a positive integer, got {resolution!r}")
-        for name, p in (("no_hint_prob", no_hint_prob), ("generic_prompt_prob", generic_prompt_prob)):
+        probabilities = (
+            ("no_hint_prob", no_hint_prob),
+            ("point_hint_prob", point_hint_prob),
+            ("generic_prompt_prob", generic_prompt_prob),
+            ("proportion_empty_prompts", proportion_empty_prompts),
+        )
+        for name, p in probabilities:
             if not 0.0 <= p <= 1.0:
                 raise EDNInputError(f"{name} must lie in [0, 1], got {p}")
+        if isinstance(max_hint_points, bool) or not isinstance(max_hint_points, int) or max_hint_points < 1:
+            raise EDNInputError(f"max_hint_points must be a positive integer, got {max_hint_points!r}")
         low, high = (float(r) for r in hint_ratio)
         if not 0.0 <= low <= high <= 1.0:
             raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
@@ -263,7 +277,10 @@ class TrainingExampleTransform:
         self.caption_column = caption_column
         self.hint_ratio = (low, high)
         self.no_hint_prob = float(no_hint_prob)
+        self.point_hint_prob = float(point_hint_prob)
+        self.max_hint_points = int(max_hint_points)
         self.generic_prompt_prob = float(generic_prompt_prob)
+        self.proportion_empty_prompts = float(proportion_empty_prompts)
         self.generic_prompts = generic_prompts
         self.seed = int(seed)
         self.center_crop = bool(center_crop)
@@ -310,6 +327,7 @@ class TrainingExampleTransform:
         gray = gray_from_lightness(to_lightness(rgb8))
         hint_rgb, mask = sample_training_hints(
             rgb, gray, hint_rng, hint_ratio=self.hint_ratio, no_hint_prob=self.no_hint_prob,
+            point_hint_prob=self.point_hint_prob, max_points=self.max_hint_points,
             n_segments=self.n_segments, n_colors=self.n_colors,
         )
         condition = hint_condition(gray, hint_rgb, mask)
@@ -319,6 +337,8 @@ class TrainingExampleTransform:
         generic = self.generic_prompts[int(prompt_rng.integers(len(self.generic_prompts)))]
         if replace or not caption:
             caption = generic
+        if prompt_rng.random() < self.proportion_empty_prompts:
+            caption = ""
 
         out = {
             "pixel_values": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)) * 2.0 - 1.0),
@@ -365,7 +385,7 @@ class TrainingExampleTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(resolution={self.resolution}, hint_ratio={self.hint_ratio}, "
-            f"no_hint_prob={self.no_hint_prob}, generic_prompt_prob={self.generic_prompt_prob}, "
+            f"no_hint_prob={self.no_hint_prob}, point_hint_prob={self.point_hint_prob}, generic_prompt_prob={self.generic_prompt_prob}, "
             f"seed={self.seed}, epoch={self.epoch}, center_crop={self.center_crop})"
         )
 

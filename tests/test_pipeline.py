@@ -211,7 +211,8 @@ def test_callback_on_step_end_sees_and_changes_latents(pipe, photo):
 
 
 def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent(pipe, photo):
-    """As diffusers' img2img: int(steps · strength) steps, starting at q(x_t | x_0 = the grayscale photo's latent)."""
+    """As diffusers' img2img: int(steps · strength) steps, starting at q(x_t | x_0 = the grayscale photo's latent)
+    when there are no hints."""
     seen = {}
 
     def record(pipeline, step, t, tensors):
@@ -222,7 +223,7 @@ def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent
     pipe.scheduler.set_timesteps(10)
     assert seen["timesteps"] == pipe.scheduler.timesteps[-3:].tolist()
 
-    _, gray, _ = pipe.prepare_condition([photo], [None], 1)
+    _, gray, condition = pipe.prepare_condition([photo], [None], 1)
     factor = pipe.vae_scale_factor
     noise = torch.randn(1, 4, gray.shape[2] // factor, gray.shape[3] // factor, generator=seeded(1))
     t = pipe.scheduler.timesteps[-3]
@@ -230,8 +231,19 @@ def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent
     with torch.no_grad():
         gray_latent = pipe.vae.encode(gray.repeat(1, 3, 1, 1) * 2 - 1).latent_dist.mode()
         gray_latent = gray_latent * pipe.vae.config.scaling_factor
-        started = pipe.noised_gray_latents(gray, noise, t[None])
+        started = pipe.noised_image_latents(pipe.hinted_photo(condition), noise, t[None])
     torch.testing.assert_close(started, alpha_bar.sqrt() * gray_latent + (1 - alpha_bar).sqrt() * noise)
+
+
+def test_strength_starts_from_the_photo_coloured_by_its_hints(pipe, photo):
+    """Full confidence gives the hint colour, none the gray, and half-way the mean of the two."""
+    gray = torch.full((1, 3, 2, 2), 0.5)
+    hint = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    confidence = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).view(1, 1, 2, 2)
+    started = EDNPipeline.hinted_photo(torch.cat([gray, hint, confidence], dim=1))
+    torch.testing.assert_close(started[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(started[0, :, 0, 1], torch.tensor([0.5, 0.5, 0.5]))
+    torch.testing.assert_close(started[0, :, 1, 0], torch.tensor([0.75, 0.25, 0.25]))
 
 
 def test_default_strength_is_saved_with_the_pipeline_and_used_when_none_is_given(photo, tmp_path):

@@ -160,6 +160,7 @@ def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, phot
     [
         (["--train_data_dir", "/nonexistent"], "is not a folder"),
         (["--caption_column", "caption"], "caption column 'caption' not found"),
+        (["--vae_decoder", "luminance"], "--vae_decoder and --chroma_weight belong to the vae stage"),
     ],
 )
 def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, message):
@@ -186,6 +187,83 @@ def test_vae_stage_trains_the_autoencoder_and_rescales_its_latents(tiny_sd, phot
         latents = pipe.vae.encode(pixels).latent_dist.mean
         assert torch.equal(pipe.decoder(latents, torch.zeros(1, 1, 32, 32)).sample, pipe.vae.decode(latents).sample)
         assert pipe.decoder.config.scaling_factor == pipe.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize(
+    "stage, extra",
+    [
+        (None, ["--stage", "ccd", "--vae_decoder", "luminance"]),
+        ("decoder", ["--chroma_weight", "1"]),
+        ("joint", ["--vae_decoder", "luminance", "--chroma_weight", "0.5"]),
+    ],
+)
+def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
+    from edn_pipeline.training import parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    with pytest.raises(SystemExit) as info:
+        parse_args(common + extra, stage=stage)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: --vae_decoder and --chroma_weight belong to the vae stage"
+    )
+    args = parse_args(common + ["--vae_decoder", "luminance", "--chroma_weight", "1"], stage="vae")
+    assert (args.vae_decoder, args.chroma_weight) == ("luminance", 1.0)
+    assert parse_args(common + ["--vae_decoder", "kl"], stage="ccd").vae_decoder == "kl"  # the default: accepted
+
+
+def test_vae_stage_with_the_luminance_decoder_trains_and_exports_it(tiny_sd, photos, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    out = tmp_path / "vae-luminance"
+    train("train_edn.py", tiny_sd, photos, out, "--stage", "vae", "--vae_decoder", "luminance", "--chroma_weight", 1,
+          "--max_train_steps", 20, "--learning_rate", 3e-3)
+    chroma, reconstruction = logged(out, "chroma"), logged(out, "reconstruction")
+    assert sorted(chroma) == sorted(reconstruction) == list(range(1, 21))
+    assert all(np.isfinite(list(chroma.values()))) and all(v > 0 for v in chroma.values())
+    for losses in (chroma, reconstruction):
+        assert np.mean([losses[s] for s in range(16, 21)]) < np.mean([losses[s] for s in range(1, 6)])
+
+    pipe = EDNPipeline.from_pretrained(out)
+    start = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae")
+    assert pipe.decoder.gray_encoder is not None
+    assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)
+    assert pipe.decoder.config.scaling_factor == pipe.vae.config.scaling_factor
+    # The decoder trained with the encoder is the one kept (its grayscale injections, zero at the start, learnt)...
+    assert any(p.abs().max() > 0 for p in pipe.decoder.gray_injections.parameters())
+    trained_weights = pipe.decoder.decoder.state_dict()
+    assert any(not torch.equal(w, start.decoder.state_dict()[k]) for k, w in trained_weights.items())
+    # ... and the VAE's own decoder is a copy of its KL decoder.
+    assert trained_weights.keys() == pipe.vae.decoder.state_dict().keys()
+    for name, weight in pipe.vae.decoder.state_dict().items():
+        assert torch.equal(weight, trained_weights[name]), name
+    if pipe.decoder.post_quant_conv is not None:
+        for name, weight in pipe.vae.post_quant_conv.state_dict().items():
+            assert torch.equal(weight, pipe.decoder.post_quant_conv.state_dict()[name]), name
+
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(PIL.Image.open(photos / "coffee.png"), num_inference_steps=2).images[0].size == (40, 36)
+
+
+def test_point_hints_reach_the_ccd_stage(tiny_sd, photos, tmp_path):
+    import torch
+
+    points, regions = tmp_path / "points", tmp_path / "regions"
+    common = ("--max_train_steps", 3, "--no_hint_prob", 0)
+    train("train_ccd.py", tiny_sd, photos, points, *common, "--point_hint_prob", 1, "--max_hint_points", 3)
+    train("train_ccd.py", tiny_sd, photos, regions, *common, "--point_hint_prob", 0)
+    a = logged(points)
+    assert sorted(a) == [1, 2, 3] and all(np.isfinite(list(a.values())))
+    # Same data, noise and start; only the hints differ, so the CCD's condition embedding, the part that reads
+    # them, ends up different. (The losses barely differ yet: a ControlNet's zero convolutions start it at no
+    # effect at all.)
+    trained_on_points = EDNPipeline.from_pretrained(points).ccd.controlnet_cond_embedding.conv_in.weight
+    trained_on_regions = EDNPipeline.from_pretrained(regions).ccd.controlnet_cond_embedding.conv_in.weight
+    assert trained_on_points.shape[1] == 7
+    assert not torch.equal(trained_on_points, trained_on_regions)
+    card = ModelCard.load(points / "README.md")
+    assert "| `point_hint_prob` | `1.0` |" in card.text
 
 
 def test_training_can_start_the_ccd_from_a_controlnet(tiny_sd, photos, tmp_path):

@@ -1,5 +1,6 @@
 """Training data: image folders / datasets, the per-example transform, skipping unreadable images."""
 
+import colorsys
 import json
 import pickle
 
@@ -10,6 +11,8 @@ from PIL import Image
 from skimage import data
 
 from edn_pipeline.errors import EDNInputError
+from edn_pipeline.hint_sampling import quantized_superpixels
+from edn_pipeline.hints import hint_condition, parse_hints, propagate_hints, render_hints
 from edn_pipeline.luminance import gray_from_lightness, to_lightness
 from edn_pipeline.testing_utils import tiny_tokenizer
 from edn_pipeline.training_data import (
@@ -83,20 +86,67 @@ def test_imagefolder_with_captions_yields_model_tensors(photo_dir, cache):
     torch.testing.assert_close(batch["input_ids"], expected_ids)
 
 
+def _crop_and_gray(example):
+    """The example's 8-bit crop and the gray inference computes from it."""
+    crop = np.round((example["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+    gray = gray_from_lightness(to_lightness(crop))
+    np.testing.assert_allclose(example["gray_values"][0].numpy(), 2 * gray - 1, atol=1e-6)
+    return crop, gray
+
+
 def test_gray_and_condition_match_inference(photo_dir, cache):
+    """Region hints: the kept superpixels (confidence 1) with their quantised colours, spread by the same
+    propagate_hints and stacked by the same hint_condition as the pipeline's hints."""
     dataset = load_image_dataset(data_dir=photo_dir, cache_dir=cache)
     transform = _transform(no_hint_prob=0.0)
     for example in with_training_transform(dataset, transform):
-        crop = np.round((example["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
-        gray = gray_from_lightness(to_lightness(crop))
-        np.testing.assert_allclose(example["gray_values"][0].numpy(), 2 * gray - 1, atol=1e-6)
-
+        crop, gray = _crop_and_gray(example)
         condition = example["conditioning_pixel_values"].numpy()
         for c in range(3):
             np.testing.assert_allclose(condition[c], gray, atol=1e-6)
-        mask = condition[6]
-        assert set(np.unique(mask)) <= {0.0, 1.0} and 0 < mask.mean() < 1
-        assert not condition[3:6][:, mask == 0].any()
+        confidence = condition[6]
+        assert 0 < confidence.min() and confidence.max() == 1.0
+        seeds = confidence == 1.0
+        assert 0 < seeds.mean() < 1
+
+        labels, colours = quantized_superpixels(crop.astype(np.float32) / 255.0)
+        cover = np.bincount(labels.ravel(), seeds.ravel()) / np.bincount(labels.ravel())
+        assert set(np.round(cover, 6)) <= {0.0, 1.0}, "whole superpixels are hinted"
+        seed_rgb = np.where(seeds[..., None], colours[labels], 0).astype(np.float32)
+        expected = hint_condition(gray, *propagate_hints(gray, seeds, seed_rgb)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(condition, expected)
+
+
+def test_point_hint_condition_is_what_inference_builds_from_the_same_point(photo_dir, cache):
+    """A point-hinted example's condition equals the pipeline's for a user's click with the truth's colour."""
+    dataset = load_image_dataset(data_dir=photo_dir, cache_dir=cache)
+    transform = _transform(no_hint_prob=0.0, point_hint_prob=1.0, max_hint_points=1)
+    for epoch in range(2):
+        transform.set_epoch(epoch)
+        for example in with_training_transform(dataset, transform):
+            crop, gray = _crop_and_gray(example)
+            condition = example["conditioning_pixel_values"].numpy()
+            seeds = np.argwhere(condition[6] == 1.0)
+            # One point: a disk of radius 1 pixel, whose centre is within one step of every seed pixel.
+            assert 1 <= len(seeds) <= 5
+            (y, x), = [p for p in seeds if np.abs(seeds - p).sum(axis=1).max() <= 1]
+
+            # The hinted pixel has the truth's HSL hue and saturation and the gray's lightness (colorsys reference).
+            hue, _, sat = colorsys.rgb_to_hls(*(crop[y, x] / 255.0))
+            np.testing.assert_allclose(condition[3:6, y, x], colorsys.hls_to_rgb(hue, gray[y, x], sat), atol=1e-5)
+
+            # What the pipeline builds for a click there, with that colour.
+            hints = parse_hints([(x + 0.5, y + 0.5, tuple(int(c) for c in crop[y, x]))], (RES, RES))
+            expected = hint_condition(gray, *render_hints(gray, hints, (RES, RES))).transpose(2, 0, 1)
+            np.testing.assert_array_equal(condition, expected)
+
+
+def test_transform_rejects_bad_probabilities():
+    for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob"):
+        for p in (-0.1, 1.5):
+            with pytest.raises(EDNInputError, match=name):
+                _transform(**{name: p})
+    assert "point_hint_prob=0.25" in repr(_transform(point_hint_prob=0.25))
 
 
 def test_center_crop_is_the_middle_of_the_resized_photo(tmp_path):

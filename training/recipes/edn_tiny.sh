@@ -4,9 +4,11 @@
 #   bash training/recipes/edn_tiny.sh ../shared/data/photos edn-tiny
 #
 # Split: every photo of shared/data/photos except bsd100/img_09* and urban100/img_09* (held out, never trained
-# on): 1,546 photos. Captions: "a photo of a <class>" for the ImageNet sample (from its file names), none
-# otherwise (generic prompts then). All stages use seed 0. Each stage checkpoints and resumes
-# (--resume_from_checkpoint latest), so the recipe can be run again after an interruption.
+# on), with clothing/ thinned to every second photo: 2,335 photos. Captions: the subject where the data set names
+# it ("a photo of a <ImageNet class>", "... of a bee", "... of a garment", else "a photo") and the photo's dominant
+# basic colour terms ("..., mostly yellow and green"). All stages use seed 0. Each stage checkpoints and resumes
+# (--resume_from_checkpoint latest), so the recipe can be run again after an interruption. Wall times go to
+# $WORK/timings.json (benchmarks/quality_tiny.py --timings prints them).
 set -euo pipefail
 PHOTOS=${1:?path to shared/data/photos}
 WORK=${2:-edn-tiny}
@@ -14,38 +16,66 @@ export HF_HUB_OFFLINE=1 ACCELERATE_USE_CPU=1
 LAUNCH=(python -m accelerate.commands.launch --cpu --num_processes 1)
 COMMON=(--train_data_dir "$WORK/data" --resolution 128 --seed 0 --random_crop --dataloader_num_workers 1
         --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest
-        --training_data_description "1,546 photos of shared/data/photos: BSD100 and Urban100 without img_09*, BSDS500 train and test, the ImageNet sample (research data sets, non-commercial terms)")
+        --training_data_description "2,335 photos of shared/data/photos: BSD100 and Urban100 without img_09*, BSDS500 train and test, the ImageNet sample, hymenoptera and half of clothing (research data sets, non-commercial terms)")
 
-# 0. the training folder, the tokenizer (BPE learned from the captions) and the untrained SD-shaped base
+# timed NAME STEPS BATCH COMMAND...: run a stage and add its wall time to $WORK/timings.json
+timed() {
+  local name=$1 steps=$2 batch=$3 start=$SECONDS
+  shift 3
+  "$@"
+  python - "$WORK/timings.json" "$name" "$steps" "$batch" "$((SECONDS - start))" <<'EOF'
+import json, os, sys
+path, name, steps, batch, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+stages = json.load(open(path))["stages"] if os.path.exists(path) else []
+entry = next((s for s in stages if s["stage"] == name), None)
+if entry is None:
+    stages.append({"stage": name, "steps": steps, "batch_size": batch, "seconds": seconds})
+else:  # a resumed stage: its time adds up
+    entry.update(steps=steps, batch_size=batch, seconds=entry["seconds"] + seconds)
+json.dump({"stages": stages}, open(path + ".tmp", "w"), indent=1)
+os.replace(path + ".tmp", path)
+EOF
+}
+
+# 0. the training folder with colour-word captions, the tokenizer (BPE learned from the captions) and the
+#    untrained SD-shaped base
 [ -d "$WORK/base" ] || python training/recipes/build_tiny_base.py --photos "$PHOTOS" --data "$WORK/data" --base "$WORK/base"
 
-# 1. the autoencoder (there is no pretrained SD VAE at this size)
-"${LAUNCH[@]}" training/train_edn.py --stage vae --pretrained_model_name_or_path "$WORK/base" \
+# 1. the autoencoder (there is no pretrained SD VAE at this size), trained together with the luminance-aware
+#    decoder: the decoder sees the gray image, so the latent carries colour, not structure; L1 + 1 · L1 on a*b*
+timed vae 800 8 "${LAUNCH[@]}" training/train_edn.py --stage vae --pretrained_model_name_or_path "$WORK/base" \
   --output_dir "$WORK/vae" "${COMMON[@]}" --train_batch_size 8 --learning_rate 5e-4 --lr_scheduler cosine \
-  --lr_warmup_steps 100 --max_train_steps 1500
+  --lr_warmup_steps 50 --max_train_steps 800 --vae_decoder luminance --chroma_weight 1
 
-# 2. the luminance-aware VQ-Diffusion decoder, from the trained VAE decoder
-"${LAUNCH[@]}" training/train_decoder.py --pretrained_model_name_or_path "$WORK/vae" --decoder_vq \
-  --codebook_size 512 --vq_num_train_timesteps 50 --refiner_layers 2 --refiner_dim 128 \
+# 2. the VQ-Diffusion stage of the decoder: a codebook started at latent vectors of the photos, the decoder tuned to
+#    quantised latents, the token refiner
+timed decoder 300 8 "${LAUNCH[@]}" training/train_decoder.py --pretrained_model_name_or_path "$WORK/vae" --decoder_vq \
+  --codebook_size 1024 --vq_num_train_timesteps 50 --refiner_layers 2 --refiner_dim 128 \
   --output_dir "$WORK/decoder" "${COMMON[@]}" --train_batch_size 8 --learning_rate 2e-4 --lr_scheduler cosine \
-  --lr_warmup_steps 50 --max_train_steps 800
+  --lr_warmup_steps 30 --max_train_steps 300
 
-# 3. the CCD adapter together with the UNet (no pretrained prior at this size): L_dif + 0.1·L_CCD.
-#    The shipped run was started with --max_train_steps 20000 and, to fit the time there was, resumed with 4500
-#    at step 1600 and with 3600 at step 2100 (each time the cosine schedule was recomputed from there); a run of
-#    this line from scratch differs from it only in the learning rate of steps 200-2100.
-"${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/decoder" --train_unet \
-  --output_dir "$WORK/ccd" "${COMMON[@]}" --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine \
-  --lr_warmup_steps 200 --max_train_steps 3600 --hint_ratio 0.3 0.5 --no_hint_prob 0.1 --generic_prompt_prob 0.5
+# 3. the CCD adapter together with the UNet (no pretrained prior at this size): L_dif. Half the hinted examples get
+#    the paper's superpixel regions (30-50 %), half 1-50 points as users click, 20 % none; captions stay 70 % of the
+#    time (so colour words are learned), 10 % are empty (guidance's unconditional branch). λ1 = 0: L_CCD decodes
+#    every step's x̃_0 at 128 px, which would make each step about three times as long.
+timed ccd 3600 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/decoder" --train_unet \
+  --output_dir "$WORK/ccd" "${COMMON[@]}" --train_batch_size 16 --learning_rate 3e-4 --lr_scheduler cosine \
+  --lr_warmup_steps 100 --max_train_steps 3600 --lambda_ccd 0 --hint_ratio 0.3 0.5 --no_hint_prob 0.2 \
+  --point_hint_prob 0.5 --generic_prompt_prob 0.3 --proportion_empty_prompts 0.1
 
-# 4. inference defaults, chosen on 16 training photos (never on the held-out ones): the share of the noise schedule
-#    run from the photo's latent, and the decoder's token refinement steps
-edn evaluate --model "$WORK/ccd" --data "$WORK/data" --limit 16 --strength 0.5 --vq-steps 0 \
-  --sweep strength=0.3,0.5,0.7,1.0 --sweep vq_steps=0,2,20 --markdown "$WORK/defaults.md"
+# 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
+#    run from the photo as its hints colour it, with no hints and with 10
+mkdir -p "$WORK/tuning"
+for photo in $(ls "$PHOTOS"/bsds500-train/*.jpg | head -12); do ln -sf "$(realpath "$photo")" "$WORK/tuning/"; done
+for strength in 0.5 0.7 1.0; do
+  python benchmarks/quality_tiny.py --data "$WORK/tuning" --model "$WORK/ccd" --hint-counts 0,10 --skip-words \
+    --steps 20 --strength "$strength" --json "$WORK/tuning-$strength.json"
+done
 
 # 5. into the package (float16 diffusers weights, loaded back as float32), where `edn colorize` finds it
-python training/recipes/ship_tiny.py --model "$WORK/ccd" --default-strength 0.5 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/ccd" --default-strength 0.7 --vq-inference-steps 0 \
   --out edn_pipeline/edn-tiny
 
-# 6. the figures of its model card (held-out photos) and the README's before/after picture
-python benchmarks/quality_tiny.py --data "$PHOTOS" --model edn_pipeline/edn-tiny --grid docs/before_after.png
+# 6. the figures of its model card (held-out photos): the table, the hint curve and the before/after grid
+python benchmarks/quality_tiny.py --data "$PHOTOS" --model edn_pipeline/edn-tiny --timings "$WORK/timings.json" \
+  --json docs/quality_tiny.json --curve docs/hint_curve.png --grid docs/before_after.png
