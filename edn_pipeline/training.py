@@ -184,7 +184,6 @@ class EDNTrainingModel(nn.Module):
     ):
         super().__init__()
         self.kl_weight, self.vae_decoder, self.chroma_weight = kl_weight, vae_decoder, chroma_weight
-        self.register_buffer("latent_moments", torch.zeros(3, dtype=torch.float64), persistent=False)  # n, Σx, Σx²
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
         self.noise_scheduler = noise_scheduler
@@ -214,8 +213,8 @@ class EDNTrainingModel(nn.Module):
         return losses
 
     def vae_losses(self, pixels, gray, generator):
-        """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*) and a small KL to the unit Gaussian;
-        tracks the latents' moments for scaling. The luminance-aware decoder is given the grayscale image."""
+        """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*) and a small KL to the unit Gaussian.
+        The luminance-aware decoder is given the grayscale image."""
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.sample(generator)
         if self.vae_decoder == "luminance":
@@ -229,14 +228,7 @@ class EDNTrainingModel(nn.Module):
         if self.chroma_weight:
             losses["chroma"] = chroma_l1((decoded.float() + 1) / 2, (pixels.float() + 1) / 2)
             loss = loss + self.chroma_weight * losses["chroma"]
-        with torch.no_grad():
-            mean = posterior.mean.double()
-            self.latent_moments += torch.stack([mean.new_tensor(mean.numel()), mean.sum(), mean.square().sum()])
         return {"loss": loss, **losses}
-
-    def latent_std(self) -> float:
-        count, total, squares = self.latent_moments.tolist()
-        return math.sqrt(max(squares / count - (total / count) ** 2, 1e-12))
 
     def ccd_losses(self, latents, text, batch, generator):
         """L_dif of the adapter-steered UNet, and L_CCD on the image decoded from its x̃_0 (Eq. 2-4)."""
@@ -514,6 +506,23 @@ def log_validation(accelerator, pipe, args, step: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- export
+
+
+@torch.no_grad()
+def measure_latent_std(vae, dataloader, max_batches: int = 32) -> float:
+    """The std of the trained encoder's latents over the first batches of the data (1 / SD's scaling_factor).
+
+    Measured once after training, with the final weights: a resumed run has no statistics of its earlier steps.
+    """
+    count = total = squares = 0.0
+    for index, batch in enumerate(dataloader):
+        if index == max_batches:
+            break
+        if batch["num_examples"] == 0:
+            continue
+        mean = vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist.mean.double()
+        count, total, squares = count + mean.numel(), total + float(mean.sum()), squares + float(mean.square().sum())
+    return math.sqrt(max(squares / count - (total / count) ** 2, 1e-12))
 
 
 def adopt_trained_vae(pipe, latent_std: float, vae_decoder: str) -> None:
@@ -803,7 +812,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
         if args.stage == "vae":
-            adopt_trained_vae(pipe, accelerator.unwrap_model(model).latent_std(), args.vae_decoder)
+            pipe.vae.eval()
+            adopt_trained_vae(pipe, measure_latent_std(pipe.vae, dataloader), args.vae_decoder)
         export_pipeline(pipe, trained, ema, args, global_step, lora)
         if args.validation_image:
             log_validation(accelerator, pipe, args, global_step)

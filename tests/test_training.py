@@ -189,6 +189,17 @@ def test_vae_stage_trains_the_autoencoder_and_rescales_its_latents(tiny_sd, phot
         assert pipe.decoder.config.scaling_factor == pipe.vae.config.scaling_factor
 
 
+def test_a_vae_stage_resumed_after_its_last_step_exports_again(tiny_sd, photos, tmp_path):
+    """The latent scale is measured with the final encoder, so a rerun of a finished stage needs no statistics."""
+    out = tmp_path / "vae"
+    args = ("--stage", "vae", "--max_train_steps", 4, "--checkpointing_steps", 4, "--resume_from_checkpoint", "latest")
+    train("train_edn.py", tiny_sd, photos, out, *args)
+    first = EDNPipeline.from_pretrained(out).vae.config.scaling_factor
+    train("train_edn.py", tiny_sd, photos, out, *args)
+    again = EDNPipeline.from_pretrained(out).vae.config.scaling_factor
+    assert first > 0 and again == pytest.approx(first, rel=0.5)
+
+
 @pytest.mark.parametrize(
     "stage, extra",
     [

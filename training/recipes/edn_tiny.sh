@@ -46,21 +46,30 @@ EOF
 timed vae 800 8 "${LAUNCH[@]}" training/train_edn.py --stage vae --pretrained_model_name_or_path "$WORK/base" \
   --output_dir "$WORK/vae" "${COMMON[@]}" --train_batch_size 8 --learning_rate 5e-4 --lr_scheduler cosine \
   --lr_warmup_steps 50 --max_train_steps 800 --vae_decoder luminance --chroma_weight 1
+#    ... and on at 64 px (the later --resolution wins): a quarter of the cost per photo, and colour is a coarse
+#    signal; a heavier a*b* term. After 800 steps at 128 px the chroma error was still falling steadily. The shipped
+#    run was started with --max_train_steps 1200 and, to leave time for stage 3, stopped at step 500 (resumed with
+#    500, which exports); a run of this line from scratch decays the learning rate over 500 steps instead.
+timed vae-64px 500 16 "${LAUNCH[@]}" training/train_edn.py --stage vae --pretrained_model_name_or_path "$WORK/vae" \
+  --output_dir "$WORK/vae64" "${COMMON[@]}" --resolution 64 --train_batch_size 16 \
+  --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 20 --max_train_steps 500 --vae_decoder luminance \
+  --chroma_weight 4
 
-# 2. the VQ-Diffusion stage of the decoder: a codebook started at latent vectors of the photos, the decoder tuned to
-#    quantised latents, the token refiner
-timed decoder 300 8 "${LAUNCH[@]}" training/train_decoder.py --pretrained_model_name_or_path "$WORK/vae" --decoder_vq \
-  --codebook_size 1024 --vq_num_train_timesteps 50 --refiner_layers 2 --refiner_dim 128 \
+# 2. the VQ-Diffusion stage of the decoder: a codebook started at latent vectors of the photos (4,096 codes: every
+#    sample passes through the quantiser, so its error caps the model), the decoder tuned to quantised latents, the
+#    token refiner
+timed decoder 200 8 "${LAUNCH[@]}" training/train_decoder.py --pretrained_model_name_or_path "$WORK/vae64" --decoder_vq \
+  --codebook_size 4096 --vq_num_train_timesteps 50 --refiner_layers 2 --refiner_dim 128 \
   --output_dir "$WORK/decoder" "${COMMON[@]}" --train_batch_size 8 --learning_rate 2e-4 --lr_scheduler cosine \
-  --lr_warmup_steps 30 --max_train_steps 300
+  --lr_warmup_steps 20 --max_train_steps 200
 
 # 3. the CCD adapter together with the UNet (no pretrained prior at this size): L_dif. Half the hinted examples get
 #    the paper's superpixel regions (30-50 %), half 1-50 points as users click, 20 % none; captions stay 70 % of the
 #    time (so colour words are learned), 10 % are empty (guidance's unconditional branch). λ1 = 0: L_CCD decodes
 #    every step's x̃_0 at 128 px, which would make each step about three times as long.
-timed ccd 3600 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/decoder" --train_unet \
+timed ccd 2400 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/decoder" --train_unet \
   --output_dir "$WORK/ccd" "${COMMON[@]}" --train_batch_size 16 --learning_rate 3e-4 --lr_scheduler cosine \
-  --lr_warmup_steps 100 --max_train_steps 3600 --lambda_ccd 0 --hint_ratio 0.3 0.5 --no_hint_prob 0.2 \
+  --lr_warmup_steps 100 --max_train_steps 2400 --lambda_ccd 0 --hint_ratio 0.3 0.5 --no_hint_prob 0.2 \
   --point_hint_prob 0.5 --generic_prompt_prob 0.3 --proportion_empty_prompts 0.1
 
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
