@@ -112,6 +112,8 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
+    add("--ccd_condition_init", choices=("keep", "random"), default="keep",
+        help="random: restart the CCD's condition input from PyTorch's default initialisation instead of zero")
     # checkpoints, logging, validation, hub
     add("--checkpointing_steps", type=int, default=500)
     add("--checkpoints_total_limit", type=int, default=None)
@@ -151,6 +153,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must lie in [0, 1]")
     if args.max_hint_points < 1:
         parser.error("--max_hint_points must be at least 1")
+    if args.ccd_condition_init != "keep" and args.stage not in ("ccd", "joint"):
+        parser.error("--ccd_condition_init belongs to the ccd and joint stages")
     if args.stage != "vae" and (args.vae_decoder != "kl" or args.chroma_weight):
         parser.error("--vae_decoder and --chroma_weight belong to the vae stage")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
@@ -378,6 +382,11 @@ def trainable_modules(pipe, args) -> dict[str, nn.Module]:
             trained["decoder"] = pipe.decoder
     if args.stage in ("ccd", "joint"):
         trained["ccd"] = pipe.ccd
+        if args.ccd_condition_init == "random":
+            # ControlNet's zero convolution protects a pretrained UNet from an untrained adapter; trained together
+            # from scratch there is nothing to protect, and from zero the condition stayed unused (edn-tiny: after
+            # 500 steps it moved the adapter's residuals by about 1 %, and every photo got the same colours).
+            pipe.ccd.controlnet_cond_embedding.conv_out.reset_parameters()
     if args.stage in ("decoder", "joint"):
         trained["decoder"] = pipe.decoder
     if args.train_unet:
@@ -563,7 +572,7 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
         for key in (
             "stage", "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
             "max_train_steps", "mixed_precision", "lambda_ccd", "lambda_vq", "hint_ratio", "no_hint_prob",
-            "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts", "train_unet_lora", "train_unet", "use_ema", "seed",
+            "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts", "train_unet_lora", "train_unet", "ccd_condition_init", "use_ema", "seed",
         )
     }
     data = args.training_data_description or args.dataset_name or f"image folder `{Path(args.train_data_dir).name}`"

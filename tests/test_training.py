@@ -223,6 +223,24 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
     assert parse_args(common + ["--vae_decoder", "kl"], stage="ccd").vae_decoder == "kl"  # the default: accepted
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--stage", "vae", "--ccd_condition_init", "random"], "--ccd_condition_init belongs to the ccd and joint stages"),
+        (["--stage", "ccd", "--point_hint_prob", "1.5"], "--point_hint_prob must lie in [0, 1]"),
+        (["--stage", "ccd", "--proportion_empty_prompts", "-0.1"], "--proportion_empty_prompts must lie in [0, 1]"),
+        (["--stage", "ccd", "--max_hint_points", "0"], "--max_hint_points must be at least 1"),
+    ],
+)
+def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):
+    from edn_pipeline.training import parse_args
+
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos), *extra])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
 def test_vae_stage_with_the_luminance_decoder_trains_and_exports_it(tiny_sd, photos, tmp_path):
     import torch
     from diffusers import AutoencoderKL
@@ -292,6 +310,22 @@ def test_training_can_start_the_ccd_from_a_controlnet(tiny_sd, photos, tmp_path)
     assert torch.equal(ccd.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
     name = "controlnet_cond_embedding.conv_in.weight"
     assert torch.equal(ccd.state_dict()[name][:, :3], controlnet.state_dict()[name])
+
+
+def test_ccd_condition_init_random_restarts_the_condition_input_from_nonzero_weights(tiny_sd, photos, tmp_path):
+    """ControlNet's zero start keeps an untrained condition out; "random" lets it in from the first step."""
+    import torch
+
+    outputs = {}
+    for init in ("keep", "random"):
+        out = tmp_path / init
+        train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 1, "--learning_rate", 0,
+              "--ccd_condition_init", init)
+        outputs[init] = EDNPipeline.from_pretrained(out).ccd.controlnet_cond_embedding.conv_out.weight
+    assert not outputs["keep"].any()
+    assert outputs["random"].abs().mean() > 1e-3
+    assert "| `ccd_condition_init` | `random` |" in ModelCard.load(tmp_path / "random" / "README.md").text
+    assert torch.isfinite(outputs["random"]).all()
 
 
 def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
