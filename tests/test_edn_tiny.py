@@ -118,7 +118,7 @@ def test_hints_of_an_unlikely_colour_turn_the_photo_that_colour(tiny, coffee_gra
 
 def test_edn_colorize_needs_no_model_flag(tmp_path, coffee_gray):
     PIL.Image.fromarray(coffee_gray).save(tmp_path / "scan.png")
-    assert main(["colorize", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out"), "--steps", "5"]) == 0
+    assert main(["colorize", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out"), "--steps", "10"]) == 0
     result = np.array(PIL.Image.open(tmp_path / "out" / "scan.png"))
     assert result.shape == (*coffee_gray.shape, 3)
-    assert mean_chroma(result) > 0.8  # measured 1.30 at 5 steps
+    assert mean_chroma(result) > 0.8  # measured 1.29 at 10 steps (one step at strength 0.1)

@@ -236,14 +236,15 @@ def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent
 
 
 def test_strength_starts_from_the_photo_coloured_by_its_hints(pipe, photo):
-    """Full confidence gives the hint colour, none the gray, and half-way the mean of the two."""
-    gray = torch.full((1, 3, 2, 2), 0.5)
-    hint = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
-    confidence = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).view(1, 1, 2, 2)
+    """An image with hints starts from the propagated hint colours everywhere, one without from its gray."""
+    gray = torch.full((2, 3, 2, 2), 0.5)
+    hint = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2).clone()
+    hint[1] = 0.0  # the second image has no hints: zero colours and zero confidence
+    confidence = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    confidence[1] = 0.0
     started = EDNPipeline.hinted_photo(torch.cat([gray, hint, confidence], dim=1))
-    torch.testing.assert_close(started[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
-    torch.testing.assert_close(started[0, :, 0, 1], torch.tensor([0.5, 0.5, 0.5]))
-    torch.testing.assert_close(started[0, :, 1, 0], torch.tensor([0.75, 0.25, 0.25]))
+    torch.testing.assert_close(started[0], hint[0])
+    torch.testing.assert_close(started[1], gray[1])
 
 
 def test_default_strength_is_saved_with_the_pipeline_and_used_when_none_is_given(photo, tmp_path):
