@@ -1,8 +1,8 @@
 """Measure the training-data throughput: examples per second (and per worker) of the full EDN transform.
 
-Loads an image folder with ``load_image_dataset``, applies ``TrainingExampleTransform`` (decode, resize + centre
-crop, gray with the photo's L*, SLIC + quantised hint sampling, condition, tokenization) through a torch
-DataLoader with ``collate_fn``, and times ``--batches`` batches after a warm-up batch (so worker start-up is not
+Loads an image folder with ``load_image_dataset``, applies ``TrainingExampleTransform`` (decode, centre crop and
+resize, the gray of the crop's L* as EDNImageProcessor makes it, point and SLIC-region hints propagated by Levin et
+al.'s solve, condition, tokenization) through a torch DataLoader with ``collate_fn``, and times ``--batches`` batches after a warm-up batch (so worker start-up is not
 counted) for each worker count.  A per-stage breakdown of one process follows.
 
     python benchmarks/data_throughput.py --data ../shared/data/photos/bsds500-train --workers 0 1 2
@@ -15,11 +15,13 @@ import tempfile
 import time
 
 import numpy as np
+import PIL.Image
 import torch
 
 from edn_pipeline.hint_sampling import sample_training_hints
 from edn_pipeline.hints import hint_condition
-from edn_pipeline.luminance import gray_from_lightness, to_lightness
+from edn_pipeline.image_processor import EDNImageProcessor
+from edn_pipeline.luminance import lightness, read_pixels
 from edn_pipeline.testing_utils import tiny_tokenizer
 from edn_pipeline.training_data import (
     TrainingExampleTransform,
@@ -52,7 +54,7 @@ def throughput(dataset, transform, workers: int, batch_size: int, batches: int) 
 
 def stage_times(dataset, transform, n: int) -> dict[str, float]:
     """Median seconds per example of each stage, in this process."""
-    stages: dict[str, list[float]] = {k: [] for k in ("decode", "resize+crop", "gray (L*)", "hints", "condition",
+    stages: dict[str, list[float]] = {k: [] for k in ("decode", "crop+resize", "gray (L*)", "hints", "condition",
                                                        "tokenize")}
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -60,11 +62,13 @@ def stage_times(dataset, transform, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         photo, _ = _decode(image)
         t1 = time.perf_counter()
-        rgb8 = transform._crop(photo, rng)
+        crop = transform._crop(photo, rng)
+        size = (transform.resolution,) * 2
+        rgb = np.asarray(crop.resize(size, PIL.Image.Resampling.BICUBIC), np.float32) / 255
         t2 = time.perf_counter()
-        gray = gray_from_lightness(to_lightness(rgb8))
+        gray = EDNImageProcessor.gray(lightness(read_pixels(crop)), size).numpy()
         t3 = time.perf_counter()
-        hint_rgb, mask = sample_training_hints(rgb8.astype(np.float32) / 255, gray, rng, no_hint_prob=0.0)
+        hint_rgb, mask = sample_training_hints(rgb, gray, rng, no_hint_prob=0.0)
         t4 = time.perf_counter()
         hint_condition(gray, hint_rgb, mask)
         t5 = time.perf_counter()

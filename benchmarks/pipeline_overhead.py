@@ -1,16 +1,21 @@
-"""Time EDNPipeline against diffusers' StableDiffusionControlNetPipeline with the same small components.
+"""Time EDNPipeline against diffusers' StableDiffusionControlNetPipeline with the same small components, per size.
 
 Both pipelines share the UNet, text encoder, scheduler and adapter weights (EDN's CCD loaded into a
-``ControlNetModel``) and run the same steps at the same working size, so the ratio is what EDN adds: reading
-the input, hint propagation, the luminance-aware decoder and the L*-preserving recomposition at the input's
-size.
+``ControlNetModel``) and run the same steps at the same working size, so the difference is what EDN adds: reading
+the input's L*, hint propagation, the luminance-aware decoder and the L*-preserving recomposition at the input's
+size. The image processor's pre- and post-processing are timed on their own (file decoding is its own column and
+is in neither), and each size runs in a fresh process so that its peak resident memory is its own.
 
-    python benchmarks/pipeline_overhead.py --steps 20 --size 512x384 --repeats 5
+    python benchmarks/pipeline_overhead.py --sizes 512x384,4000x3000,6000x4000 --steps 20 --repeats 3
 """
 
 import argparse
+import multiprocessing
+import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -21,67 +26,118 @@ from skimage import data
 from edn_pipeline import EDNPipeline
 from edn_pipeline.testing_utils import tiny_components
 
+GRAY_PHOTO = PIL.Image.fromarray(data.astronaut()).convert("L")  # a scan is gray: EDN's usual input
+
 
 def parse_size(text: str) -> tuple[int, int]:
     width, height = (int(v) for v in text.lower().split("x"))
     return width, height
 
 
-def timed(fn, repeats: int) -> list[float]:
+def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return times
+    return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=parse_size, default=(512, 384), help="input WIDTHxHEIGHT")
-    parser.add_argument("--sample-size", type=int, default=32, help="UNet latent size (working size = 2x)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--hints", type=int, default=5, help="point hints given to EDN")
-    args = parser.parse_args()
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
+
+def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
+    """Every figure of one input size, in this (fresh) process."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
     parts = tiny_components(sample_size=args.sample_size, channels=(32, 64))
-    edn = EDNPipeline(**parts)
+    edn = EDNPipeline(**parts).to(device)
     controlnet = ControlNetModel.from_config(parts["ccd"].config)
     controlnet.load_state_dict(parts["ccd"].state_dict())
     reference = StableDiffusionControlNetPipeline(
         vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
         controlnet=controlnet, scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
-    )
+    ).to(device)
     for pipe in (edn, reference):
         pipe.set_progress_bar_config(disable=True)
 
-    width, height = args.size
-    photo = PIL.Image.fromarray(data.astronaut()).resize((width, height)).convert("L")
-    work_w, work_h = edn.working_size(width, height)
+    width, height = size
     rng = np.random.default_rng(0)
     hints = [(float(rng.uniform(0, width)), float(rng.uniform(0, height)), "#c83c28") for _ in range(args.hints)]
-    control = torch.rand(1, 7, work_h, work_w, generator=torch.Generator().manual_seed(0))
+    work_w, work_h = edn.working_size(width, height)
+    control = torch.rand(1, 7, work_h, work_w, generator=torch.Generator().manual_seed(0)).to(device)
     common = dict(num_inference_steps=args.steps, guidance_scale=5.0, prompt="a colored photo")
 
-    def run_edn():
-        edn(photo, hints=hints, generator=torch.Generator().manual_seed(0), **common)
+    def run_edn(image, image_hints=hints):
+        edn(image, hints=image_hints, generator=torch.Generator().manual_seed(0), **common)
 
-    def run_reference():
-        reference(image=control, height=work_h, width=work_w, generator=torch.Generator().manual_seed(0), **common)
+    run_edn(GRAY_PHOTO.resize((64, 48)), None)  # the model's own memory, before any large input
+    model_rss = peak_rss_mb()
 
-    torch.set_num_threads(torch.get_num_threads())
-    edn_times = timed(run_edn, args.repeats)
-    ref_times = timed(run_reference, args.repeats)
-    edn_med, ref_med = statistics.median(edn_times), statistics.median(ref_times)
-    print(f"input {width}x{height}, working size {work_w}x{work_h}, {args.steps} steps, CFG 5.0, {args.hints} hints")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {args.repeats} repeats")
-    print(f"{'pipeline':<40}{'median s':>10}{'min s':>10}")
-    print(f"{'StableDiffusionControlNetPipeline':<40}{ref_med:>10.3f}{min(ref_times):>10.3f}")
-    print(f"{'EDNPipeline':<40}{edn_med:>10.3f}{min(edn_times):>10.3f}")
-    print(f"ratio EDN / ControlNet (median): {edn_med / ref_med:.2f}")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scan.png"
+        GRAY_PHOTO.resize(size, PIL.Image.Resampling.BICUBIC).save(path)
+
+        def decode():
+            with PIL.Image.open(path) as image:
+                image.load()
+                return image.copy()
+
+        decode_s = median_seconds(decode, args.repeats)
+        photo = decode()
+    processor = edn.image_processor
+    inputs = processor.preprocess([photo], [hints], device)
+    # A decoded image with a photo's colours (random pixels would put most of them outside the gamut).
+    colours = np.asarray(PIL.Image.fromarray(data.astronaut()).resize((work_w, work_h)), np.float32) / 255
+    decoded = torch.from_numpy(colours).permute(2, 0, 1)[None].to(device)
+    pre_s = median_seconds(lambda: processor.preprocess([photo], [hints], device), args.repeats)
+    post_s = median_seconds(lambda: processor.postprocess(decoded, inputs.lightness, "pil"), args.repeats)
+    edn_s = median_seconds(lambda: run_edn(photo), args.repeats)
+    reference_s = median_seconds(
+        lambda: reference(image=control, height=work_h, width=work_w, generator=torch.Generator().manual_seed(0),
+                          **common),
+        args.repeats,
+    )
+    return {
+        "size": f"{width}x{height}", "megapixels": width * height / 1e6, "working": f"{work_w}x{work_h}",
+        "decode_s": decode_s, "pre_s": pre_s, "post_s": post_s, "edn_s": edn_s, "reference_s": reference_s,
+        "model_rss_mb": model_rss, "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda t: [parse_size(s) for s in t.split(",")],
+                        default="512x384,4000x3000,6000x4000", help="input sizes WIDTHxHEIGHT, comma-separated")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sample-size", type=int, default=32, help="UNet latent size (working size = 2x)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hints", type=int, default=5, help="point hints given to EDN")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to run it on a GPU")
+    args = parser.parse_args()
+
+    context = multiprocessing.get_context("spawn")  # a fresh process per size: its peak memory is its own
+    rows = []
+    for size in args.sizes:
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(measure, (size, args)))
+
+    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.steps} steps, CFG 5.0, "
+          f"{args.hints} hints, median of {args.repeats}")
+    print("| input | MP | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
+          "| peak RSS MB | beyond the model MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        per_mp = (r["pre_s"] + r["post_s"]) / r["megapixels"] * 1e3
+        print(f"| {r['size']} | {r['megapixels']:.1f} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
+              f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |")
+    print(f"EDN wall time, largest / smallest input: {rows[-1]['edn_s'] / rows[0]['edn_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -157,14 +157,15 @@ def levin(gray: np.ndarray, points: list[tuple]) -> np.ndarray:
 @torch.no_grad()
 def latent_ceiling(pipe: EDNPipeline, photo: np.ndarray) -> np.ndarray:
     """The photo through the model's VAE encoder and luminance-aware decoder, on its L* as the pipeline puts it."""
-    lightness, gray, _ = pipe.prepare_condition([photo], [None], 1)
+    inputs = pipe.image_processor.preprocess([photo], [None])
+    lightness, gray = inputs.lightness, inputs.gray
     size = pipe.working_size(photo.shape[1], photo.shape[0])
     small = np.array(PIL.Image.fromarray(photo).resize(size, PIL.Image.Resampling.BICUBIC))
     pixels = torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255
     latents = pipe.vae.encode((pixels * 2 - 1).to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mode()
     dtype = pipe.decoder.dtype
     decoded = pipe.decoder(latents.to(dtype), (gray * 2 - 1).to(latents.device, dtype), vq_steps=0).sample
-    return to_uint8(pipe.postprocess((decoded.float() / 2 + 0.5).clamp(0, 1), lightness, "np")[0])
+    return to_uint8(pipe.image_processor.postprocess((decoded.float() / 2 + 0.5).clamp(0, 1), lightness, "np")[0])
 
 
 def mean_chroma(rgb: np.ndarray) -> np.ndarray:

@@ -1,55 +1,63 @@
-"""The ``edn`` command line: ``edn colorize``, ``edn evaluate``, ``edn demo`` and ``edn export-hub``."""
+"""The ``edn`` command line: ``edn colorize``, ``edn evaluate``, ``edn demo`` and ``edn export-hub``.
+
+torch, diffusers and transformers are imported inside the commands, when one runs, so that ``edn --help`` and
+every usage error answer at once. Every problem is one line on stderr: exit status 2 for a bad command line
+(checked before any work starts), 1 when some inputs of a batch failed (each named; the others are done).
+"""
 
 import argparse
 import glob
+import itertools
 import json
+import os
 import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import PIL.Image
-import torch
-from tqdm.auto import tqdm
 
-from .errors import EDNInputError
 from .demo import add_demo_parser
+from .errors import EDNInputError
 from .evaluate import add_evaluate_parser
-from .files import IMAGE_SUFFIXES, atomic_write
+from .files import IMAGE_SUFFIXES, atomic_write, remove_stale_temporaries
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names (torch is imported only when a command runs)
 MODEL_HELP = "a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
+# An A4 page scanned at 1,000 dpi is 97 megapixels; a larger one is more likely a broken or hostile header.
+DEFAULT_MAX_MEGAPIXELS = 100.0  # as EDNImageProcessor.max_pixels
+MAX_SEED = 2**64 - 1  # the range of torch.Generator.manual_seed
+# What PIL may decode an input as, whatever its name: photo formats that need no external program (EPS would
+# run Ghostscript on a file that merely calls itself .png).
+INPUT_FORMATS = ("BMP", "GIF", "JPEG", "JPEG2000", "PNG", "PPM", "TIFF", "WEBP")
 
 
 class CLIError(Exception):
     """A problem with the command line itself: reported in one line, exit status 2."""
 
 
-def find_inputs(patterns: list[str]) -> list[Path]:
-    """Files, folders (their images, recursively) and glob patterns, in a stable order without repeats."""
-    found: dict[Path, None] = {}
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise CLIError(f"no input matches {pattern!r}")
-        for match in map(Path, matches):
-            if match.is_dir():
-                found.update(dict.fromkeys(sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)))
-            elif match.exists():
-                found[match] = None
-            else:
-                raise CLIError(f"input {str(match)!r} does not exist")
-    return list(found)
+class UnreadableImage(Exception):
+    """An input that cannot be decoded, or is over the pixel limit: that input is skipped, the batch goes on."""
 
 
-def parse_hint(text: str) -> tuple:
-    """``x,y,#rrggbb`` or ``x,y,#rrggbb,radius``."""
-    parts = text.split(",")
-    if len(parts) not in (3, 4):
-        raise argparse.ArgumentTypeError(f"hint {text!r} is not x,y,#rrggbb[,radius]")
-    try:
-        numbers = [float(parts[0]), float(parts[1])] + ([float(parts[3])] if len(parts) == 4 else [])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hint {text!r}: x, y and radius must be numbers") from None
-    return (numbers[0], numbers[1], parts[2], *numbers[2:])
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line like every other error of edn; the usage itself is one ``--help`` away."""
+
+    def error(self, message: str):
+        self.exit(2, f"edn: {message} (see {self.prog} --help)\n")
+
+
+def one_line(text) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def shown(path) -> str:
+    """A path as it can be printed on one line (quoted, with escapes, if it holds a newline or undecodable bytes)."""
+    return str(path) if str(path).isprintable() else repr(str(path))
+
+
+# ------------------------------------------------------------------------------------------------- argument types
 
 
 def positive_int(text: str) -> int:
@@ -66,6 +74,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def unit_fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -73,16 +88,276 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64-1, got {text}")
+    return value
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    value, cpus = int(text), usable_cpus()
+    if not 1 <= value <= cpus:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {cpus} (the CPUs this process may use), got {value}")
+    return value
+
+
+def parse_hint(text: str) -> tuple:
+    """``x,y,#rrggbb`` or ``x,y,#rrggbb,radius``."""
+    parts = text.split(",")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"hint {text!r} is not x,y,#rrggbb[,radius]")
+    try:
+        numbers = [float(parts[0]), float(parts[1])] + ([float(parts[3])] if len(parts) == 4 else [])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hint {text!r}: x, y and radius must be numbers") from None
+    return (numbers[0], numbers[1], parts[2], *numbers[2:])
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --threads, as every command that runs a model takes them."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if there is one)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="float16 needs a GPU (default: float32)")
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=max(1, usable_cpus() // 2),
+        help="torch's CPU threads (default: half the CPUs, here %(default)s: torch's threads wait for each other, "
+        "so with one per core a core busy elsewhere stalls them all)",
+    )
+
+
+# ------------------------------------------------------------------------------------------------- shared checks
+
+
+def check_device(name: str) -> str:
+    """``name`` if this machine has that device; a CLIError saying what it has otherwise."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cpu":
+        return name
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is None or accelerator.type != device.type:
+        has = f"its accelerator is {accelerator.type}" if accelerator is not None else "it has only the cpu"
+        raise CLIError(f"--device {name!r}: this machine has no {device.type} device ({has})")
+    count = torch.accelerator.device_count()
+    if device.index is not None and device.index >= count:
+        raise CLIError(f"--device {name!r}: this machine has {count} {device.type} device(s), numbered from 0")
+    return name
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def torch_settings(device: str, dtype: str, threads: int):
+    """Refuse float16 on a CPU (it runs there several times slower than float32); torch on ``threads`` threads."""
+    import torch
+
+    if dtype == "float16" and torch.device(device).type == "cpu":
+        raise CLIError("--dtype float16 runs several times slower than float32 on a CPU; use it on a GPU")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def pixel_limit(megapixels: float):
+    """PIL refuses images over ``megapixels`` when it reads their header, before decoding a pixel.
+
+    PIL itself only warns between its limit and twice it; here both raise, and are reported as one skipped input.
+    """
+    previous = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = max(1, int(megapixels * 1e6))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = previous
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """A report file named by ``flag`` must be writable before hours of work, not after (missing folders are made)."""
+    target = Path(path)
+    if path == "":
+        raise CLIError(f"{flag} is empty")
+    if target.is_dir():
+        raise CLIError(f"{flag} {shown(path)} is a folder, not a file name")
+    existing = next(folder for folder in target.absolute().parents if os.path.lexists(folder))
+    check_writable_folder(flag, path, existing)
+
+
+def check_writable_folder(flag: str, value, folder: Path) -> None:
+    if not folder.is_dir():
+        problem = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise CLIError(f"{flag} {shown(value)}: {shown(folder)} {problem}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CLIError(f"{flag} {shown(value)}: cannot write in {shown(folder)}: {error.strerror or error}") from None
+
+
+def load_pipeline(model: str | None, device: str, dtype: str):
+    """The named model, or edn-tiny when ``model`` is None, quietly: no loading progress bars or log lines."""
+    import diffusers.utils.logging
+    import torch
+    import transformers.utils.logging
+
+    from .pipeline_edn import EDNPipeline
+
+    for logging in (diffusers.utils.logging, transformers.utils.logging):
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+    try:
+        pipe = EDNPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
+    except Exception as error:  # a malformed model folder can make diffusers fail in any way, not only OSError
+        raise CLIError(f"cannot load model {model!r}: {one_line(error) or type(error).__name__}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------------------- colorize
+
+
+def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output path relative to ``out_dir``) for files, folders and glob patterns, in a stable order.
+
+    A folder gives its images recursively, except those under ``out_dir``, and its subfolders are mirrored in
+    the outputs; a file (named or matched) keeps only its name. A file found twice counts once.
+    """
+    out_resolved = out_dir.resolve()
+    found: dict[Path, tuple[Path, Path]] = {}
+    for pattern in patterns:
+        literal = os.path.lexists(pattern) or not glob.has_magic(pattern)  # a file named "scan[1].png" is a file
+        matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise CLIError(f"no input matches {pattern!r}")
+        for match in map(Path, matches):
+            if match.is_dir():
+                images = [
+                    p for p in sorted(match.rglob("*"))
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and out_resolved not in p.resolve().parents
+                ]
+                if not images:
+                    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                    raise CLIError(f"no images in folder {shown(match)} (outside --out; looked for {suffixes})")
+                for path in images:
+                    found.setdefault(path.resolve(), (path, path.relative_to(match).with_suffix(".png")))
+            elif match.is_file():
+                found.setdefault(match.resolve(), (match, Path(match.name).with_suffix(".png")))
+            elif match.exists():
+                raise CLIError(f"input {shown(match)} is not a file or a folder")
+            else:
+                raise CLIError(f"input {shown(match)} does not exist")
+    return list(found.values())
+
+
+def output_paths(inputs: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; two inputs that would write one output, or an output that is an input, are refused.
+
+    Names differing only in case count as one, as they are on macOS and Windows.
+    """
+    resolved_inputs = {path.resolve() for path, _ in inputs}
+    first: dict[str, Path] = {}
+    pairs = []
+    for path, relative in inputs:
+        out = out_dir / relative
+        key = str(relative).casefold()
+        if key in first:
+            remedy = "rename one" if path.parent == first[key].parent else "give their common folder as the input"
+            raise CLIError(
+                f"inputs {shown(first[key])} and {shown(path)} would both be written to {shown(out)}; {remedy}, or "
+                "colourise them into different --out folders"
+            )
+        if out.resolve() in resolved_inputs:
+            raise CLIError(f"the output of {shown(path)} would replace the input {shown(out)}; choose another --out")
+        first[key] = path
+        pairs.append((path, out))
+    return pairs
+
+
+def check_out_folder(out: str) -> None:
+    """--out once, before any work: an existing folder to write in, or a new one in an existing folder."""
+    path = Path(out)
+    if out == "":
+        raise CLIError("--out is empty")
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {shown(out)} exists and is not a folder")
+    check_writable_folder("--out", out, path if path.is_dir() else path.parent)
+
+
 def load_hints_file(path: str) -> dict:
     """A JSON object mapping an input's file name (or path) to its list of ``[x, y, colour(, radius)]``."""
+    if not Path(path).is_file():
+        raise CLIError(f"hints file {shown(path)} {'is not a file' if Path(path).exists() else 'does not exist'}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:
             hints = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise CLIError(f"cannot read hints file {path!r}: {error}") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not UTF-8, or not JSON
+        raise CLIError(f"cannot read hints file {shown(path)} as UTF-8 JSON: {one_line(error)}") from None
     if not isinstance(hints, dict):
-        raise CLIError(f"hints file {path!r} must hold a JSON object mapping file names to hint lists")
+        raise CLIError(f"hints file {shown(path)} must hold a JSON object mapping file names to hint lists")
+    for name, value in hints.items():
+        if not isinstance(value, list):
+            raise CLIError(f"hints file {shown(path)}: the hints of {name!r} are not a list of [x, y, colour]")
     return hints
+
+
+def check_steps(pipe, steps: int, strength: float | None) -> None:
+    """Steps the model's scheduler can take, and at least one left after ``strength``: once, as a usage error."""
+    trained = pipe.scheduler.config.num_train_timesteps
+    if steps > trained:
+        raise CLIError(f"--steps {steps} is more than the {trained} steps this model's scheduler was trained with")
+    if strength is None:
+        strength = pipe.config.default_strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise CLIError(f"this model's default_strength {strength!r} is not in (0, 1]; give --strength")
+    if int(steps * strength) < 1:
+        least = next(n for n in itertools.count(steps + 1) if int(n * strength) >= 1)
+        raise CLIError(f"--steps {steps} at strength {strength:g} leaves no step to run; give --steps {least} or more")
+
+
+def read_image(path: Path, decode: bool = True) -> PIL.Image.Image | None:
+    """The decoded image; with ``decode=False`` only its header is read, to refuse what cannot be read early."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # "Corrupt EXIF data": pixels decide
+            with PIL.Image.open(path, formats=INPUT_FORMATS) as image:
+                if decode:
+                    image.load()
+                    return image.copy()
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise UnreadableImage(f"larger than the limit of {PIL.Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels "
+                              "(--max-megapixels)") from None
+    except Exception as error:  # a malformed file can make PIL's decoders fail in any way, not only with OSError
+        raise UnreadableImage(one_line(error) or type(error).__name__) from None
+    return None
+
+
+def whole_image_problem(path: Path) -> str | None:
+    """Why an existing output is not a whole image (so it is redone, not skipped), or None if it is one."""
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()  # the PNG's chunks and checksums, to its end, without decoding
+    except Exception as error:  # any failure to read it back means it is not a done output
+        return one_line(error) or type(error).__name__
+    return None
 
 
 def save_atomically(image: PIL.Image.Image, path: Path) -> None:
@@ -91,29 +366,11 @@ def save_atomically(image: PIL.Image.Image, path: Path) -> None:
         image.save(f, format="PNG")
 
 
-def load_pipeline(model: str | None, device: str, dtype: torch.dtype):
-    """The named model, or edn-tiny when ``model`` is None."""
-    from .pipeline_edn import EDNPipeline
-
-    try:
-        pipe = EDNPipeline.from_pretrained(model, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot load model {model!r}: {str(error).splitlines()[0]}") from None
-    return pipe.to(device)
-
-
-def read_image(path: Path) -> PIL.Image.Image:
-    """The decoded image, so that an unreadable file fails here, by name, and not inside a batch."""
-    with PIL.Image.open(path) as image:
-        image.load()
-        return image.copy()
-
-
-def batches_by_working_size(pipe, items: list, batch_size: int):
+def batches_by_working_size(pipe, items, batch_size: int):
     """Consecutive runs of images that share a working size (one pipeline call each), at most batch_size long."""
     batch, size = [], None
     for item in items:
-        item_size = pipe.working_size(*item[1].size)
+        item_size = pipe.working_size(*item[2].size)
         if batch and (item_size != size or len(batch) == batch_size):
             yield batch
             batch = []
@@ -123,71 +380,127 @@ def batches_by_working_size(pipe, items: list, batch_size: int):
         yield batch
 
 
-def colorize(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+def report_failure(failed: list[Path], path: Path, message) -> None:
+    """One line naming a skipped input, printed above the progress bar, if any; the input counts as failed."""
+    from tqdm.auto import tqdm
 
-    # One process, or one of several under `accelerate launch` / torchrun (on CPUs too, gloo backend).
-    state = PartialState(cpu=(args.device or "").startswith("cpu") or not torch.cuda.is_available())
-    inputs = find_inputs(args.inputs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_image_hints = load_hints_file(args.hints) if args.hints else {}
-    todo = [p for p in inputs if args.overwrite or not (out_dir / f"{p.stem}.png").exists()]
-    if len(todo) < len(inputs) and state.is_main_process:
-        print(f"skipping {len(inputs) - len(todo)} already colourised (use --overwrite to redo)", file=sys.stderr)
-    if not todo:
-        return 0
+    failed.append(path)
+    tqdm.write(f"edn: skipped {shown(path)}: {one_line(message)}", file=sys.stderr)
 
-    device = args.device or str(state.device)
-    pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
-    pipe.set_progress_bar_config(disable=True)
-    failed = []
 
-    def fail(path: Path, error: Exception) -> None:
-        failed.append(path)
-        tqdm.write(f"edn: skipped {path}: {error}", file=sys.stderr)
+def pending(pairs: list[tuple[Path, Path]], overwrite: bool) -> list[tuple[Path, Path]]:
+    """The (input, output) pairs still to do: an output that is a whole image is done, unless ``overwrite``.
+
+    First the temporary files a killed run left beside these outputs are deleted.
+    """
+    removed = remove_stale_temporaries(out for _, out in pairs)
+    if removed:
+        print(f"edn: removed {removed} temporary file(s) an interrupted run left beside the outputs", file=sys.stderr)
+    todo = []
+    for path, out in pairs:
+        if not overwrite and os.path.lexists(out):
+            problem = whole_image_problem(out)
+            if problem is None:
+                continue
+            print(f"edn: redoing {shown(out)}: not a whole image ({problem})", file=sys.stderr)
+        todo.append((path, out))
+    if len(todo) < len(pairs):
+        print(f"edn: skipping {len(pairs) - len(todo)} already colourised (use --overwrite to redo)", file=sys.stderr)
+    return todo
+
+
+def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, failed: list, progress) -> None:
+    """Colourise and write ``pairs`` whose headers read; each decoding, pipeline or write failure fails one input."""
+    import torch
+
+    def decoded():
+        for path, out in pairs:
+            try:
+                yield path, out, read_image(path)
+            except UnreadableImage as error:
+                report_failure(failed, path, error)
+                progress.update(1)
 
     def run(batch: list) -> None:
         """One pipeline call for the batch; every image gets the generator it would get alone."""
         images = pipe(
-            [image for _, image in batch],
+            [image for _, _, image in batch],
             prompt=args.prompt,
-            hints=[per_image_hints.get(path.name, per_image_hints.get(str(path), args.hint or None)) for path, _ in batch],
+            hints=[hints.get(str(path), hints.get(path.name, args.hint or None)) for path, _, _ in batch],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             strength=args.strength,
             generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
         ).images
-        for (path, _), result in zip(batch, images):
-            save_atomically(result, out_dir / f"{path.stem}.png")
+        for (path, out, _), result in zip(batch, images):
+            try:
+                save_atomically(result, out)
+            except OSError as error:  # a full disk, a folder where the file goes: this input only
+                report_failure(failed, path, f"cannot write {shown(out)}: {error.strerror or error}")
 
-    with state.split_between_processes(todo) as mine:
-        progress = tqdm(total=len(mine), desc=f"colorizing [{state.process_index}]", unit="image",
-                        disable=not state.is_local_main_process)
+    for batch in batches_by_working_size(pipe, decoded(), args.batch_size):
+        try:
+            run(batch)
+        except EDNInputError:  # find which input it was: one call each
+            for item in batch:
+                try:
+                    run([item])
+                except EDNInputError as error:
+                    report_failure(failed, item[0], error)
+        progress.update(len(batch))
+
+
+def colorize(args: argparse.Namespace) -> int:
+    try:
+        (args.prompt or "").encode("utf-8")
+    except UnicodeEncodeError:  # bytes the system's encoding could not decode reach Python as lone surrogates
+        raise CLIError("--prompt holds bytes that are not text in this system's encoding") from None
+    out_dir = Path(args.out)
+    check_out_folder(args.out)
+    pairs = output_paths(find_inputs(args.inputs, out_dir), out_dir)
+    hints = load_hints_file(args.hints) if args.hints else {}
+
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    device = check_device(args.device) if args.device is not None else None
+    # One process, or one of several under `accelerate launch` / torchrun (on CPUs too, gloo backend).
+    cpu = (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    device = device or str(state.device)
+    failed: list[Path] = []
+    with (
+        torch_settings(device, args.dtype, args.threads),
+        pixel_limit(args.max_megapixels),
+        state.split_between_processes(pairs) as mine,  # each process its share of all inputs: the same split in each
+    ):
         readable = []
-        for path in mine:
+        for path, out in pending(mine, args.overwrite):  # headers only: bad inputs fail before the model loads
             try:
-                readable.append((path, read_image(path)))
-            except OSError as error:
-                fail(path, error)
-                progress.update(1)
-        for batch in batches_by_working_size(pipe, readable, args.batch_size):
-            try:
-                run(batch)
-            except EDNInputError:  # find which input it was: one call each
-                for item in batch:
-                    try:
-                        run([item])
-                    except EDNInputError as error:
-                        fail(item[0], error)
-            progress.update(len(batch))
-        progress.close()
+                read_image(path, decode=False)
+                readable.append((path, out))
+            except UnreadableImage as error:
+                report_failure(failed, path, error)
+        if readable:
+            pipe = load_pipeline(args.model, device, args.dtype)
+            limit = int(args.max_megapixels * 1e6)
+            pipe.image_processor = type(pipe.image_processor).from_config(pipe.image_processor.config, max_pixels=limit)
+            check_steps(pipe, args.steps, args.strength)
+            progress = tqdm(total=len(readable), desc=f"colorizing [{state.process_index}]", unit="image",
+                            disable=None if state.is_local_main_process else True)  # None: on a terminal only
+            colorize_readable(args, pipe, readable, hints, failed, progress)
+            progress.close()
     if state.num_processes > 1:
-        print(f"edn: process {state.process_index} colourised {len(mine) - len(failed)} of {len(mine)} inputs", file=sys.stderr)
+        print(f"edn: process {state.process_index} colourised {len(mine) - len(failed)} of {len(mine)} inputs",
+              file=sys.stderr)
     if failed:
         print(f"edn: {len(failed)} of {len(mine)} inputs failed", file=sys.stderr)
         return 1
     return 0
+
+
+# ------------------------------------------------------------------------------------------------- export-hub
 
 
 def export_hub_command(args: argparse.Namespace) -> int:
@@ -198,37 +511,53 @@ def export_hub_command(args: argparse.Namespace) -> int:
     try:
         out = export_hub(args.model_dir, args.out_dir)
     except (OSError, ValueError) as error:
-        raise CLIError(f"cannot export {args.model_dir!r}: {str(error).splitlines()[0]}") from None
+        raise CLIError(f"cannot export {args.model_dir!r}: {one_line(error)}") from None
     print(f"wrote {out}: load it with DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edn", description="Colourise grayscale photos with EDN.")
+    parser = OneLineParser(prog="edn", description="Colourise grayscale photos with EDN.")
     commands = parser.add_subparsers(dest="command", required=True)
-    col = commands.add_parser("colorize", help="colourise files, folders or globs into --out")
+    col = commands.add_parser(
+        "colorize",
+        help="colourise files, folders or globs into --out",
+        description="Colourise images into PNG files in --out. A folder's subfolders are mirrored there; inputs "
+        "whose outputs would share a name are refused before anything is done. A second run skips outputs that "
+        "are whole images. Exit status: 0 done, 1 some inputs failed (each named), 2 a bad command line.",
+    )
     col.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     col.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
     col.add_argument("--model", default=None, help=MODEL_HELP)
     col.add_argument("--prompt", default=None, help="text describing the colours")
     col.add_argument("--hint", action="append", type=parse_hint, help="x,y,#rrggbb[,radius]; repeatable")
     col.add_argument("--hints", help="JSON file: {file name: [[x, y, colour(, radius)], ...]}")
-    col.add_argument("--steps", type=positive_int, default=50)
-    col.add_argument("--guidance", type=non_negative_float, default=5.0)
+    col.add_argument("--steps", type=positive_int, default=50, help="denoising steps (default: %(default)s)")
+    col.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=5.0,
+        help="classifier-free guidance weight (default: %(default)s)",
+    )
     col.add_argument(
         "--strength", type=unit_fraction, default=None, help="share of the noise schedule run (default: the model's)"
     )
-    col.add_argument("--seed", type=int, default=0)
-    col.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: this process's accelerator)")
-    col.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    col.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call")
+    col.add_argument("--seed", type=seed, default=0, help="seed of every image's generator (default: %(default)s)")
+    add_runtime_arguments(col)
+    col.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default: 1)")
+    col.add_argument(
+        "--max-megapixels",
+        type=positive_float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="skip larger inputs, judged from their header before decoding (default: %(default)s)",
+    )
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     col.set_defaults(run=colorize)
     add_evaluate_parser(commands)
     add_demo_parser(commands)
     export = commands.add_parser("export-hub", help="write a Hub repo folder that plain diffusers loads")
     export.add_argument("model_dir", help="an EDN pipeline folder or Hub id")
-    export.add_argument("out_dir", help="the repo folder to write (upload it with `hf upload`)")
+    export.add_argument("out_dir", help="the repo folder to write: new, empty or an earlier export (replaced)")
     export.set_defaults(run=export_hub_command)
     return parser
 
@@ -238,8 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (CLIError, EDNInputError) as error:
-        print(f"edn: {error}", file=sys.stderr)
+        print(f"edn: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("edn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ compare before and after with the slider, download the result.  The page is serv
 The work is done by plain functions (:func:`load_upload`, :func:`add_hint`, :func:`hints_from_table`,
 :func:`draw_hints`, :func:`colourise`) that raise :class:`~edn_pipeline.errors.EDNInputError` with a
 one-line message; :func:`build_demo` wires them into a Gradio page and shows those messages to the user.
-Gradio is imported only by :func:`build_demo` and :func:`launch_demo`, so the rest of ``edn`` works without it.
+Gradio is imported only by :func:`build_demo` and :func:`launch_demo`, so the rest of ``edn`` works without it;
+torch only by the functions that run the model, so that building the ``edn`` command line is quick.
 """
 
 import argparse
@@ -23,10 +24,8 @@ import PIL.Image
 import PIL.ImageColor
 import PIL.ImageDraw
 import PIL.ImageOps
-import torch
 
 from .errors import EDNInputError
-from .luminance import gray_image
 
 MB = 1024 * 1024  # as Gradio counts its max_file_size
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -198,6 +197,10 @@ def colourise(
     ``hints`` are the pipeline's point hints or the hint table's rows; ``on_step(done, total)`` reports
     progress; ``strength`` ``None`` is the model's own.  Bad input raises :class:`EDNInputError`.
     """
+    import torch
+
+    from .luminance import gray_image
+
     if image is None:
         raise EDNInputError("upload a photo first")
     hints = hints_from_table(hints) if hints and not isinstance(hints[0], tuple) else list(hints or [])
@@ -433,14 +436,13 @@ def _positive_float(text: str) -> float:
 
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``edn demo`` to the ``edn`` command's subparsers."""
-    from .cli import DTYPES, MODEL_HELP
+    from .cli import MODEL_HELP, add_runtime_arguments
 
     demo = subparsers.add_parser("demo", help="serve the interactive web demo (needs the [demo] extra)")
     demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     demo.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
-    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_runtime_arguments(demo)
     demo.add_argument(
         "--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted, in MB"
     )
@@ -456,24 +458,24 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from .cli import DTYPES, CLIError, load_pipeline
+    from .cli import CLIError, check_device, default_device, load_pipeline, torch_settings
 
     try:
         _require_gradio()
     except ImportError as error:
         raise CLIError(str(error)) from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, device, DTYPES[getattr(args, "dtype", "float32")])
-    pipe.set_progress_bar_config(disable=True)
-    demo = build_demo(
-        pipe,
-        max_upload_pixels=round(args.max_upload_megapixels * 1e6),
-        max_upload_mb=args.max_upload_mb,
-    )
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"edn: serving on {args.host}: anyone who can reach it can use this demo", file=sys.stderr)
-    try:
-        launch_demo(demo, host=args.host, port=args.port, share=args.share)
-    except OSError as error:
-        raise CLIError(f"cannot serve the demo on {args.host}:{args.port or 'auto'}: {error}") from None
+    device = check_device(args.device) if args.device is not None else default_device()
+    with torch_settings(device, args.dtype, args.threads):
+        pipe = load_pipeline(args.model, device, args.dtype)
+        demo = build_demo(
+            pipe,
+            max_upload_pixels=round(args.max_upload_megapixels * 1e6),
+            max_upload_mb=args.max_upload_mb,
+        )
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"edn: serving on {args.host}: anyone who can reach it can use this demo", file=sys.stderr)
+        try:
+            launch_demo(demo, host=args.host, port=args.port, share=args.share)
+        except OSError as error:
+            raise CLIError(f"cannot serve the demo on {args.host}:{args.port or 'auto'}: {error}") from None
     return 0

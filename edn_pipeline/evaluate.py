@@ -6,7 +6,11 @@
 * :func:`sweep` colourises the grayscale of each ground-truth photo under settings that vary one parameter at
   a time around the defaults, and scores each setting; :func:`table4` summarises the rows as ranges.
 * :func:`add_evaluate_parser` / :func:`evaluate_command` are the command line.
+
+torch, numpy and the metrics are imported where they are used, so that building the ``edn`` command line is quick.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -14,17 +18,17 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import PIL.Image
 import PIL.ImageOps
-import torch
-from tqdm.auto import tqdm
 
-from . import metrics
 from .errors import EDNInputError
 from .files import IMAGE_SUFFIXES, atomic_write
-from .luminance import gray_image
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 # Sweepable parameters: command-line name -> (EDNPipeline.__call__ argument, value type, Table 4 label).
 PARAMETERS = {
@@ -84,9 +88,14 @@ def pair_folders(pred_dir, gt_dir) -> list[tuple[str, Path, Path]]:
 
 def read_image(path) -> np.ndarray:
     """An image file as an upright uint8 RGB array."""
+    import numpy as np
+
     try:
         with PIL.Image.open(path) as image:
             return np.asarray(PIL.ImageOps.exif_transpose(image).convert("RGB"))
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        limit = f"{PIL.Image.MAX_IMAGE_PIXELS / 1e6:g}"
+        raise EDNInputError(f"cannot read image {str(path)!r}: larger than the limit of {limit} megapixels") from None
     except OSError as error:
         raise EDNInputError(f"cannot read image {str(path)!r}: {error}") from None
 
@@ -122,6 +131,8 @@ class Scorer:
     """
 
     def __init__(self, fid_weights=None, lpips_weights=None, device: str | torch.device = "cpu"):
+        from . import metrics
+
         self.unavailable: dict[str, str] = {}
         self.lpips = metrics.LPIPS.from_file(lpips_weights, device) if lpips_weights else None
         self.fid = metrics.FID.from_file(fid_weights, device) if fid_weights else None
@@ -135,6 +146,10 @@ class Scorer:
         """``pairs``: iterable of (name, prediction, ground truth, prediction label, ground-truth label), images
         as arrays or PIL. Returns ``{"images", "metrics", "unavailable", "per_image"}``; metrics are means over
         the pairs (FID over the sets) and ``None`` where unavailable, with the reason in ``unavailable``."""
+        import numpy as np
+
+        from . import metrics
+
         if self.fid is not None:
             self.fid.reset_fake()
         per_image = []
@@ -191,14 +206,17 @@ def evaluate_folders(
     "unavailable": {metric: reason}, "per_image": [...]}``. Unpaired files, unreadable images and a prediction
     whose size differs from its ground truth raise :class:`EDNInputError` naming the files.
     """
+    from tqdm.auto import tqdm
+
     pairs = pair_folders(pred_dir, gt_dir)
     scorer = Scorer(fid_weights, lpips_weights, device)
 
-    def load():
-        for stem, pred_path, gt_path in tqdm(pairs, desc="evaluating", unit="image", disable=not progress):
+    def load(bar):
+        for stem, pred_path, gt_path in bar:
             yield stem, read_image(pred_path), read_image(gt_path), str(pred_path), str(gt_path)
 
-    return {"pred": str(pred_dir), "gt": str(gt_dir), **scorer.score(load())}
+    with tqdm(pairs, desc="evaluating", unit="image", disable=not progress) as bar:  # closed before any error prints
+        return {"pred": str(pred_dir), "gt": str(gt_dir), **scorer.score(load(bar))}
 
 
 # ------------------------------------------------------------------------------------------------- sweeps
@@ -271,6 +289,11 @@ def sweep(
     ``seed``. Returns one row per (parameter, value): ``{"parameter", "value", "settings", "images", "metrics",
     "unavailable"}``.
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .luminance import gray_image
+
     sweeps = {
         parameter_name(name): [check_value(parameter_name(name), v) for v in values] for name, values in sweeps.items()
     }
@@ -461,7 +484,7 @@ def _float_arg(text: str) -> float:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``evaluate`` to an ``argparse`` subparsers object; it runs :func:`evaluate_command`."""
-    from .cli import DTYPES, MODEL_HELP, positive_int
+    from .cli import DEFAULT_MAX_MEGAPIXELS, MODEL_HELP, add_runtime_arguments, positive_float, positive_int, seed
 
     ev = subparsers.add_parser(
         "evaluate",
@@ -491,12 +514,17 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--temperature", type=_float_arg, default=DEFAULTS["temperature"], help="default temperature")
     model.add_argument("--vq-steps", type=int, default=None, help="default token refinement steps (decoder's own)")
     model.add_argument("--strength", type=_float_arg, default=None, help="default strength (the model's own)")
-    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--seed", type=seed, default=0, help="seed of every photo's generator (default: %(default)s)")
     model.add_argument("--limit", type=positive_int, default=None, help="only the first N photos (by name)")
-    model.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ev.add_argument("--fid-weights", help="TorchScript Inception-v3 feature extractor (e.g. inception-2015-12-05.pt)")
     ev.add_argument("--lpips-weights", help="AlexNet ImageNet state dict (e.g. alexnet-owt-7be5be79.pth)")
-    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_runtime_arguments(ev)
+    ev.add_argument(
+        "--max-megapixels",
+        type=positive_float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="refuse larger photos, judged from their header before decoding (default: %(default)s)",
+    )
     ev.add_argument("--json", help="write the results as JSON to this file")
     ev.add_argument("--markdown", help="write the tables as Markdown to this file")
     ev.set_defaults(run=evaluate_command)
@@ -505,7 +533,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Run ``edn evaluate``; print the tables, write --json/--markdown; returns the exit status."""
-    from .cli import DTYPES, CLIError, load_pipeline
+    from .cli import CLIError, check_device, check_output_file, default_device, one_line, pixel_limit, torch_settings
 
     scoring = args.pred is not None or args.gt is not None
     sweeping = args.model is not None or args.data is not None or bool(args.sweep)
@@ -516,12 +544,35 @@ def evaluate_command(args: argparse.Namespace) -> int:
     for flag, value in (("--fid-weights", args.fid_weights), ("--lpips-weights", args.lpips_weights)):
         if value is not None and not Path(value).is_file():
             raise CLIError(f"{flag} {value!r} is not a file")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if value is not None and Path(value).stat().st_size == 0:
+            raise CLIError(f"{flag} {value!r} is empty")
+    for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
+        if value is not None:
+            check_output_file(flag, value)
+    device = check_device(args.device) if args.device is not None else default_device()
+    with torch_settings(device, args.dtype, args.threads), pixel_limit(args.max_megapixels):
+        markdown, data = _evaluate(args, device, scoring)
+    print(markdown, end="")
+    try:
+        if args.json:
+            write_json(data, args.json)
+        if args.markdown:
+            write_atomically(markdown, args.markdown)
+    except OSError as error:  # checked before the work, but a disk can fill up meanwhile
+        raise CLIError(f"cannot write the results: {one_line(error)}") from None
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, device: str, scoring: bool) -> tuple[str, dict]:
+    """The Markdown tables and the JSON data of ``edn evaluate``."""
+    from .cli import CLIError, load_pipeline
 
     if scoring:
         if args.pred is None or args.gt is None:
             raise CLIError("scoring folders needs both --pred and --gt")
-        result = evaluate_folders(args.pred, args.gt, args.fid_weights, args.lpips_weights, device, progress=True)
+        result = evaluate_folders(
+            args.pred, args.gt, args.fid_weights, args.lpips_weights, device, progress=sys.stderr.isatty()
+        )
         markdown, data = folders_markdown(result), result
     else:
         missing = [
@@ -544,8 +595,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "vq_steps": args.vq_steps,
             "strength": args.strength,
         }
-        pipe = load_pipeline(args.model, device, DTYPES[args.dtype])
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(args.model, device, args.dtype)
         if "temperature" in dict(args.sweep) and getattr(pipe.decoder, "refiner", None) is None:
             print(
                 "edn: warning: this model's decoder has no token refiner, so temperature does not change its output",
@@ -563,6 +613,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
                 fid_weights=args.fid_weights,
                 lpips_weights=args.lpips_weights,
                 device=device,
+                progress=sys.stderr.isatty(),  # a bar in a log file is noise
             )
         summary = table4(rows)
         markdown = sweep_markdown(rows, summary)
@@ -575,9 +626,4 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "rows": rows,
             "table4": summary,
         }
-    print(markdown, end="")
-    if args.json:
-        write_json(data, args.json)
-    if args.markdown:
-        write_atomically(markdown, args.markdown)
-    return 0
+    return markdown, data

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,6 +221,10 @@ def _parse_colour(index: int, colour) -> tuple[int, int, int]:
             rgb = ImageColor.getrgb(colour)[:3]  # drop alpha, if given
         except ValueError:
             raise EDNInputError(f"hint {index}: cannot parse colour {colour!r}") from None
+        hue = re.match(r"\s*hs[lvb]a?\(\s*([-+0-9.e]+)", colour.lower())
+        if not all(0 <= c <= 255 for c in rgb) or (hue and not 0 <= float(hue[1]) <= 360):
+            # PIL passes "rgb(300,0,0)" through, and wraps "hsl(400,...)" around the colour wheel
+            raise EDNInputError(f"hint {index}: colour {colour!r} is outside the range of its notation")
         return tuple(int(c) for c in rgb)
     if isinstance(colour, (list, tuple, np.ndarray)) and len(colour) == 3:
         for c in colour:

@@ -53,11 +53,16 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     """Save ``model_dir`` (an EDN folder or Hub id) as a self-describing repo folder at ``out_dir``.
 
     Written to a temporary folder beside ``out_dir`` and renamed into place, so a failed export leaves no
-    half-written repo.
+    half-written repo. ``out_dir`` may be missing, empty or an earlier export (which is replaced); anything else
+    there is refused with FileExistsError before the model is loaded, rather than replaced.
     """
     from .pipeline_edn import EDNPipeline
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{str(out_dir)!r} exists and is not a folder")
+    if out_dir.is_dir() and not (out_dir / "model_index.json").is_file() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{str(out_dir)!r} is a folder with files but no model_index.json: not an export")
     pipe = EDNPipeline.from_pretrained(model_dir)
     with atomic_folder(out_dir) as staging:
         pipe.save_pretrained(staging)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from diffusers import VQDiffusionScheduler
 from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
+from .luminance import lab_chroma
 from .mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, q_xt_given_x0_log_probs
 
 __all__ = [
@@ -132,25 +133,6 @@ def ccd_loss(
 
     color, exposure, smoothness = (w * term for w, term in zip(weights, (color, exposure, smoothness)))
     return CCDLoss(color, exposure, smoothness, color + exposure + smoothness)
-
-
-# sRGB (D65) to XYZ, normalised by the white point, as CIE 1976 L*a*b* uses it.
-_RGB_TO_XYZ_OVER_WHITE = torch.tensor(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-) / torch.tensor([0.950456, 1.0, 1.088754])[:, None]
-_LAB_DELTA = 6 / 29
-
-
-def lab_chroma(rgb: torch.Tensor) -> torch.Tensor:
-    """CIE a*, b* (B, 2, H, W) of sRGB images in [0, 1], (B, 3, H, W), as skimage's rgb2lab computes them.
-
-    By hand because skimage is NumPy-only; CIELAB's own linear segment near black keeps the slope bounded.
-    """
-    rgb = rgb.clamp(0, 1)
-    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = torch.einsum("ck,bkhw->bchw", _RGB_TO_XYZ_OVER_WHITE.to(rgb), linear)
-    f = torch.where(xyz > _LAB_DELTA**3, xyz.clamp_min(_LAB_DELTA**3) ** (1 / 3), xyz / (3 * _LAB_DELTA**2) + 4 / 29)
-    return torch.stack([500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
 
 def chroma_l1(pred_rgb: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:

@@ -2,21 +2,28 @@
 
 EDN colourises grayscale photos.  The output must have the same CIE L*
 (D65, sRGB) as the input, so the pipeline works in CIELAB: it measures the
-input's lightness with :func:`to_lightness`, takes the model's a*/b* with
-:func:`chroma`, and recombines them with :func:`compose_with_lightness`,
-which shrinks chroma (never lightness) where the combination falls outside
-the sRGB gamut.  All colour-space maths is delegated to scikit-image.
+input's lightness (:func:`lightness`), takes the model's a*/b*
+(:func:`lab_chroma`), and recombines them (:func:`compose`), shrinking chroma
+(never lightness) where the combination falls outside the sRGB gamut.
+
+The maths is written in torch so that it runs on the pipeline's device (a GPU
+pipeline would otherwise wait on the CPU for a 24-megapixel scan); it uses
+scikit-image's matrices and constants, so it agrees with ``skimage.color``.
+Full-size work goes block by block, which bounds memory and keeps each block in
+cache.  The numpy functions (:func:`to_lightness`, :func:`chroma`,
+:func:`compose_with_lightness`, ...) wrap the same code for arrays.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
-from skimage.color import lab2xyz, rgb2lab, rgb2xyz, xyz2rgb
+from skimage.color import xyz_tristimulus_values
+from skimage.color.colorconv import rgb_from_xyz, xyz_from_rgb
 
 from .errors import EDNInputError
 
@@ -27,6 +34,11 @@ __all__ = [
     "chroma",
     "compose_with_lightness",
     "to_uint8",
+    "read_pixels",
+    "lightness",
+    "luminance_to_gray",
+    "lab_chroma",
+    "compose",
 ]
 
 # How far float input may stray outside its nominal range before it is
@@ -34,24 +46,190 @@ __all__ = [
 _RANGE_SLACK = 1e-3
 # Linear-sRGB tolerance for "inside the gamut"; float32 round-off is ~1e-6.
 _GAMUT_TOL = 1e-5
-# Bisection steps: chroma ends within 2**-16 of the gamut boundary, so outputs change smoothly with input.
-_BISECTION_STEPS = 16
-# Pixels per block in compose_with_lightness: bounds memory on huge images
-# and keeps the working set in cache.
-_BLOCK_PIXELS = 1 << 18
+# Bisection steps: chroma ends within 2**-12 of the largest that fits (0.03 of 128), finer than 8 bits can show,
+# so outputs change smoothly with input; each step costs a conversion of every out-of-gamut pixel.
+_BISECTION_STEPS = 12
+# Pixels per block of full-size work: 4 MB per float channel, small enough for the cache and for memory at any
+# size, large enough that torch's per-call overhead is lost in the arithmetic.
+_BLOCK_PIXELS = 1 << 20
 
-# The XYZ -> linear-sRGB matrix, derived from skimage itself so that our
-# gamut test agrees with skimage's conversions: rgb2xyz of the pure primaries
-# (1 encodes to linear 1) gives the XYZ of each primary, one per row.
-_XYZ_FROM_RGB = rgb2xyz(np.eye(3, dtype=np.float64)[np.newaxis])[0]
-# Row c of the inverse's transpose maps (X, Y, Z) to linear channel c.
-_RGB_FROM_XYZ = np.linalg.inv(_XYZ_FROM_RGB).T.astype(np.float32)
-# XYZ of sRGB white: luminance Y times this is the neutral gray of that Y.
-_XYZ_SRGB_WHITE = _XYZ_FROM_RGB.sum(axis=0).astype(np.float32)
+# scikit-image's sRGB (D65) matrices and white point, and the rounded CIELAB constants of its rgb2lab/lab2rgb.
+_XYZ_FROM_RGB = torch.tensor(xyz_from_rgb, dtype=torch.float32)
+_RGB_FROM_XYZ = torch.tensor(rgb_from_xyz, dtype=torch.float32)
+_WHITE = torch.tensor(xyz_tristimulus_values(illuminant="D65", observer="2"), dtype=torch.float32)
+_LAB_EPSILON = 0.008856  # (6/29)³: below it CIELAB's f is linear
+_LAB_SLOPE = 7.787  # (29/6)² / 3, that line's slope
+_LAB_F_BREAK = 0.2068966  # 6/29, where the inverse of f changes piece
+_LAB_OFFSET = 16.0 / 116.0
+# The sRGB transfer function's breakpoints (IEC 61966-2-1).
+_SRGB_BREAK = 0.04045
+_LINEAR_BREAK = 0.0031308
 
 _GRAY_MODES_8BIT = ("1", "L")
 _GRAY_ALPHA_MODES = ("LA", "La")
 _PALETTE_MODES = ("P", "PA")
+
+
+# --------------------------------------------------------------------------
+# The formulas (torch)
+# --------------------------------------------------------------------------
+
+
+def _srgb_to_linear(values: torch.Tensor) -> torch.Tensor:
+    return torch.where(values > _SRGB_BREAK, ((values + 0.055) / 1.055) ** 2.4, values / 12.92)
+
+
+def _linear_to_srgb(values: torch.Tensor) -> torch.Tensor:
+    curve = values.clamp_min(_LINEAR_BREAK).pow_(1 / 2.4).mul_(1.055).sub_(0.055)
+    return torch.where(values > _LINEAR_BREAK, curve, values * 12.92)
+
+
+def _lab_f(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > _LAB_EPSILON, t.clamp_min(_LAB_EPSILON) ** (1 / 3), _LAB_SLOPE * t + _LAB_OFFSET)
+
+
+def _lab_f_inverse(f: torch.Tensor) -> torch.Tensor:
+    return torch.where(f > _LAB_F_BREAK, f * f * f, (f - _LAB_OFFSET).div_(_LAB_SLOPE))
+
+
+# L* of each 8-bit sRGB value: an 8-bit gray input needs one table look-up per pixel.
+_LINEAR_OF_BYTE = _srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
+_LIGHTNESS_OF_BYTE = 116 * _lab_f(_LINEAR_OF_BYTE * _XYZ_FROM_RGB[1].sum()) - 16
+
+
+def _blocks(height: int, width: int):
+    """Row slices of at most about _BLOCK_PIXELS pixels covering an image."""
+    rows = max(1, _BLOCK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield slice(top, min(top + rows, height))
+
+
+def lightness(pixels: torch.Tensor) -> torch.Tensor:
+    """CIE L* (H, W) float32 of sRGB ``pixels`` (H, W, C), C in 1, 3, 4 (alpha is ignored), on their device.
+
+    uint8 and uint16 pixels are scaled to [0, 1], bool is 0/1 and float must already lie in [0, 1].
+    """
+    height, width, channels = pixels.shape
+    out = torch.empty(height, width, dtype=torch.float32, device=pixels.device)
+    weights = _XYZ_FROM_RGB[1].to(pixels.device)
+    if pixels.dtype == torch.uint8:
+        linear_of_byte = _LINEAR_OF_BYTE.to(pixels.device)
+        lightness_of_byte = _LIGHTNESS_OF_BYTE.to(pixels.device)
+    for rows in _blocks(height, width):
+        block = pixels[rows]
+        if channels < 3 and block.dtype == torch.uint8:
+            out[rows] = lightness_of_byte[block[..., 0].long()]
+            continue
+        if block.dtype == torch.uint8:
+            linear = linear_of_byte[block[..., :3].long()] if channels >= 3 else None
+        else:
+            linear = _srgb_to_linear(_unit_float(block[..., :3]))
+        y = linear @ weights if channels >= 3 else linear[..., 0] * weights.sum()
+        out[rows] = 116 * _lab_f(y) - 16
+    return out
+
+
+def luminance_to_gray(lightness_: torch.Tensor) -> torch.Tensor:
+    """The sRGB value in [0, 1] of the neutral gray (R = G = B) with each L*: the exact inverse on gray input."""
+    luminance = _lab_f_inverse((lightness_ + 16) / 116) / _XYZ_FROM_RGB[1].sum().to(lightness_.device)
+    return _linear_to_srgb(luminance).clamp(0, 1)
+
+
+def lab_chroma(rgb: torch.Tensor) -> torch.Tensor:
+    """CIE a*, b* (..., 2, H, W) of sRGB images (..., 3, H, W) in [0, 1], as skimage's rgb2lab computes them.
+
+    Differentiable (the training's chroma loss uses it); CIELAB's own linear segment near black bounds its slope.
+    """
+    linear = _srgb_to_linear(rgb.clamp(0, 1))
+    over_white = (_XYZ_FROM_RGB / _WHITE[:, None]).to(rgb)
+    f = _lab_f(torch.einsum("ck,...khw->...chw", over_white, linear))
+    return torch.stack([500 * (f[..., 0, :, :] - f[..., 1, :, :]), 200 * (f[..., 1, :, :] - f[..., 2, :, :])], dim=-3)
+
+
+# Linear sRGB from (X / Xn, Y, Z / Zn): skimage's matrix with the white point folded in, one row per channel.
+_RGB_FROM_RELATIVE_XYZ = _RGB_FROM_XYZ * _WHITE
+
+
+def _linear_rgb(fy: torch.Tensor, luminance: torch.Tensor, dx: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """Linear sRGB (3, N) of CIELAB colours given as f(Y), Y and the offsets a*/500 and −b*/200 of f(X) and f(Z)
+    from f(Y) (negative Z clipped as skimage does). In place where it can: this runs on every output pixel."""
+    x = _lab_f_inverse(fy + dx)
+    z = _lab_f_inverse((fy + dz).clamp_min_(0))
+    matrix = _RGB_FROM_RELATIVE_XYZ.tolist()
+    linear = torch.empty(3, fy.numel(), dtype=fy.dtype, device=fy.device)
+    for channel, (to_x, to_y, to_z) in enumerate(matrix):
+        torch.mul(luminance, to_y, out=linear[channel]).add_(x, alpha=to_x).add_(z, alpha=to_z)
+    return linear
+
+
+def _outside(linear: torch.Tensor) -> torch.Tensor:
+    low, high = torch.aminmax(linear, dim=0)
+    return (low < -_GAMUT_TOL) | (high > 1 + _GAMUT_TOL)
+
+
+def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, dx: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """Linear sRGB (3, N) of out-of-gamut colours with their chroma scaled by the largest factor (found by
+    bisection, to 2**-_BISECTION_STEPS) that fits: L* and hue kept. Scale 0, neutral gray, always fits."""
+    scale = torch.zeros_like(fy)
+    step = 0.5
+    for _ in range(_BISECTION_STEPS):
+        candidate = scale + step
+        fits = ~_outside(_linear_rgb(fy, luminance, dx * candidate, dz * candidate))
+        scale = torch.where(fits, candidate, scale)
+        step /= 2
+    return _linear_rgb(fy, luminance, dx * scale, dz * scale)
+
+
+def _upsample_columns(offsets: torch.Tensor, width: int) -> torch.Tensor:
+    if offsets.shape[-1] == width:
+        return offsets
+    return F.interpolate(offsets[None], size=(offsets.shape[-2], width), mode="bilinear", antialias=True)[0]
+
+
+def _row_weights(rows: slice, source: int, target: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (half-pixel centres, as F.interpolate's align_corners=False) source rows and weights of ``rows``."""
+    centre = ((torch.arange(rows.start, rows.stop, device=device) + 0.5) * (source / target) - 0.5).clamp_min(0)
+    below = centre.floor().long().clamp_max(source - 1)
+    return below, (below + 1).clamp_max(source - 1), (centre - below).clamp(0, 1)[:, None]
+
+
+def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (H, W, 3) sRGB image with L* ``lightness_`` (H, W) and chroma ``ab`` (2, h, w), upsampled bilinearly.
+
+    Where (L*, a*, b*) lies outside the sRGB gamut the chroma is scaled down per pixel, keeping L* and hue, until
+    it fits: clipping RGB instead would change L*, which is exactly what EDN promises not to do. ``dtype`` uint8
+    rounds to 8 bits block by block (a 100-megapixel output never exists in float). Rows are upsampled one block at
+    a time (by hand for that reason), so the full-size chroma is never held either.
+    """
+    height, width = lightness_.shape
+    if ab.shape[-2] > height:  # a small input colourised at a larger working size: shrink with antialiasing
+        ab = F.interpolate(ab[None].float(), size=(height, ab.shape[-1]), mode="bilinear", antialias=True)[0]
+    source_rows = ab.shape[-2]
+    # f(X) and f(Z) are f(Y) + a*/500 and f(Y) − b*/200: offsets that interpolate as a*, b* do, made at low size.
+    offsets = _upsample_columns(ab.float() * torch.tensor([1 / 500, -1 / 200], device=ab.device)[:, None, None], width)
+    out = torch.empty(height, width, 3, dtype=dtype, device=lightness_.device)
+    for rows in _blocks(height, width):
+        if source_rows == height:
+            dx, dz = offsets[0, rows].reshape(-1), offsets[1, rows].reshape(-1)
+        else:
+            below, above, weight = _row_weights(rows, source_rows, height, offsets.device)
+            dx, dz = (torch.lerp(offsets[c, below], offsets[c, above], weight).reshape(-1) for c in range(2))
+        fy = lightness_[rows].reshape(-1).add(16).div_(116)
+        luminance = _lab_f_inverse(fy)
+        linear = _linear_rgb(fy, luminance, dx, dz)
+        outside = _outside(linear)
+        if outside.any():
+            linear[:, outside] = _fit_to_gamut(fy[outside], luminance[outside], dx[outside], dz[outside])
+        srgb = _linear_to_srgb(linear.clamp_(0, 1))
+        if dtype == torch.uint8:
+            srgb = srgb.mul_(255).round_()
+        out[rows] = srgb.view(3, rows.stop - rows.start, width).permute(1, 2, 0)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The numpy functions
+# --------------------------------------------------------------------------
 
 
 def to_lightness(image) -> np.ndarray:
@@ -63,32 +241,17 @@ def to_lightness(image) -> np.ndarray:
     values are sRGB: uint8 over 255, uint16 over 65535, bool as 0/1, float
     already in [0, 1].  Anything else raises EDNInputError.
     """
-    if isinstance(image, Image.Image):
-        return _lightness_from_pil(image, source="")
-    if isinstance(image, (str, os.PathLike)):
-        return _lightness_from_path(image)
-    if isinstance(image, np.ndarray):
-        return _lightness_from_array(image)
-    if isinstance(image, torch.Tensor):
-        return _lightness_from_array(_array_from_tensor(image))
-    raise EDNInputError(
-        f"unsupported image type {type(image).__name__}; expected a PIL image, "
-        "a file path, a numpy array or a torch tensor"
-    )
+    return lightness(read_pixels(image)).numpy()
 
 
-def gray_from_lightness(lightness: np.ndarray) -> np.ndarray:
+def gray_from_lightness(lightness_: np.ndarray) -> np.ndarray:
     """Return the (H, W) float32 sRGB value in [0, 1] of the neutral gray with each L*.
 
     Neutral means R = G = B, so this is the exact inverse of
     :func:`to_lightness` on gray input: it turns a lightness map back into a
     gray picture without shifting its L*.
     """
-    lightness = _checked_lightness(lightness)
-    lab = np.zeros(lightness.shape + (3,), dtype=np.float32)
-    lab[..., 0] = lightness
-    luminance = lab2xyz(lab)[..., 1:2]
-    return np.ascontiguousarray(xyz2rgb(luminance * _XYZ_SRGB_WHITE)[..., 1])
+    return luminance_to_gray(torch.from_numpy(_checked_lightness(lightness_))).numpy()
 
 
 def chroma(rgb: np.ndarray) -> np.ndarray:
@@ -101,37 +264,26 @@ def chroma(rgb: np.ndarray) -> np.ndarray:
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise EDNInputError(f"expected an (H, W, 3) RGB array, got {_describe_shape(rgb)}")
     _check_not_empty(rgb.shape)
-    return np.ascontiguousarray(rgb2lab(_unit_float(rgb))[..., 1:], dtype=np.float32)
+    values = _unit_float(_tensor_of(rgb))
+    return np.ascontiguousarray(lab_chroma(values.permute(2, 0, 1)).permute(1, 2, 0).numpy())
 
 
-def compose_with_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """Return the (H, W, 3) float32 sRGB image with L* `lightness` and hue/chroma from `ab`.
+def compose_with_lightness(lightness_: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """Return the (H, W, 3) float32 sRGB image with L* `lightness_` and hue/chroma from `ab` (H, W, 2).
 
     Where (L*, a*, b*) lies outside the sRGB gamut the chroma is scaled down
-    per pixel, keeping L* and hue, until it fits.  Clipping RGB instead
-    would change L*, which is exactly what EDN promises not to do.
+    per pixel, keeping L* and hue, until it fits (:func:`compose`).
     """
-    lightness = _checked_lightness(lightness)
-    if not isinstance(ab, np.ndarray) or ab.shape != lightness.shape + (2,):
+    lightness_ = _checked_lightness(lightness_)
+    if not isinstance(ab, np.ndarray) or ab.shape != lightness_.shape + (2,):
         raise EDNInputError(
-            f"ab must have shape {lightness.shape + (2,)} to match lightness, "
+            f"ab must have shape {lightness_.shape + (2,)} to match lightness, "
             f"got {_describe_shape(ab)}"
         )
     if ab.dtype.kind not in "fiu" or not np.isfinite(ab).all():
         raise EDNInputError("ab must be finite real numbers")
-
-    lab = np.empty((lightness.size, 3), dtype=np.float32)
-    lab[:, 0] = lightness.ravel()
-    lab[:, 1:] = ab.reshape(-1, 2)
-    rgb = np.empty_like(lab)
-    with warnings.catch_warnings():
-        # lab2xyz warns when a large b* (strong yellow) gives negative Z; such
-        # pixels are out of gamut and get their chroma shrunk anyway.
-        warnings.filterwarnings("ignore", message=".*negative Z values.*")
-        for start in range(0, len(lab), _BLOCK_PIXELS):
-            block = slice(start, start + _BLOCK_PIXELS)
-            rgb[block] = _compose_block(lab[block])
-    return rgb.reshape(lightness.shape + (3,))
+    ab = torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32)).permute(2, 0, 1)
+    return compose(torch.from_numpy(lightness_), ab).numpy()
 
 
 def gray_image(image) -> np.ndarray:
@@ -152,7 +304,27 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _lightness_from_path(path) -> np.ndarray:
+def read_pixels(image) -> torch.Tensor:
+    """The sRGB pixels of ``image`` as a CPU tensor (H, W, C), C in 1, 3, 4: uint8, or float32 in [0, 1].
+
+    Accepts what :func:`to_lightness` accepts (uint16 and bool become float32 and uint8 without loss) and raises
+    EDNInputError for anything else: the one place where an input's type, shape, mode and values are checked.
+    """
+    if isinstance(image, Image.Image):
+        return _pixels_from_pil(image, source="")
+    if isinstance(image, (str, os.PathLike)):
+        return _pixels_from_path(image)
+    if isinstance(image, np.ndarray):
+        return _pixels_from_array(image)
+    if isinstance(image, torch.Tensor):
+        return _pixels_from_array(_array_from_tensor(image))
+    raise EDNInputError(
+        f"unsupported image type {type(image).__name__}; expected a PIL image, "
+        "a file path, a numpy array or a torch tensor"
+    )
+
+
+def _pixels_from_path(path) -> torch.Tensor:
     path = os.fspath(path)
     try:
         image = Image.open(path)
@@ -161,11 +333,11 @@ def _lightness_from_path(path) -> np.ndarray:
     except Exception as exc:  # PIL raises many types for unreadable files
         raise EDNInputError(f"could not read image: {path}: {_one_line(exc)}") from None
     with image:
-        return _lightness_from_pil(image, source=f"{path}: ")
+        return _pixels_from_pil(image, source=f"{path}: ")
 
 
-def _lightness_from_pil(image: Image.Image, source: str) -> np.ndarray:
-    """Decode and upright `image`, then measure L* according to its mode."""
+def _pixels_from_pil(image: Image.Image, source: str) -> torch.Tensor:
+    """Decode and upright `image`, then take its pixels according to its mode."""
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -174,8 +346,9 @@ def _lightness_from_pil(image: Image.Image, source: str) -> np.ndarray:
     _check_not_empty((image.height, image.width))
 
     mode = image.mode
-    if mode == "LAB":  # PIL stores L* scaled to 0..255
-        return np.asarray(image.getchannel("L"), dtype=np.float32) * np.float32(100 / 255)
+    if mode == "LAB":  # PIL stores L* scaled to 0..255: back to the gray of that L*
+        lab_lightness = np.asarray(image.getchannel("L"), dtype=np.float32) * np.float32(100 / 255)
+        return luminance_to_gray(torch.from_numpy(lab_lightness))[..., None]
     if mode.startswith("I;16"):
         pixels = np.asarray(image).astype(np.uint16)  # also fixes big-endian I;16B
     elif mode == "I":  # how PIL reads 16-bit PNGs
@@ -193,7 +366,7 @@ def _lightness_from_pil(image: Image.Image, source: str) -> np.ndarray:
             pixels = np.asarray(image.convert("RGB"))
         except ValueError:
             raise EDNInputError(f"unsupported image mode {mode!r}") from None
-    return _lightness_from_array(pixels)
+    return _pixels_from_array(pixels)
 
 
 def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
@@ -204,6 +377,8 @@ def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
             "expected a tensor of shape (H, W), (1, H, W), (3, H, W) or (4, H, W), "
             f"got shape {shape}"
         )
+    if tensor.layout != torch.strided or tensor.is_meta:
+        raise EDNInputError(f"expected a dense tensor with pixel data, got a {tensor.layout} tensor on {tensor.device}")
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point():
         array = tensor.float().numpy()
@@ -216,43 +391,55 @@ def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
 
 
-def _lightness_from_array(pixels: np.ndarray) -> np.ndarray:
+def _pixels_from_array(pixels: np.ndarray) -> torch.Tensor:
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
         raise EDNInputError(
             "expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
             f"got shape {pixels.shape}"
         )
     _check_not_empty(pixels.shape)
-    values = _unit_float(pixels)
-    if values.ndim == 3 and values.shape[2] >= 3:
-        rgb = values[..., :3]
-    else:  # gray value g is the neutral sRGB colour (g, g, g)
-        gray = values.reshape(values.shape[:2])
-        rgb = np.broadcast_to(gray[..., np.newaxis], gray.shape + (3,))
-    return np.ascontiguousarray(rgb2lab(rgb)[..., 0], dtype=np.float32)
-
-
-def _unit_float(pixels: np.ndarray) -> np.ndarray:
-    """Scale integer pixels to [0, 1] float32; validate float pixels."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
     kind, size = pixels.dtype.kind, pixels.dtype.itemsize
     if kind == "b":
-        return pixels.astype(np.float32)
-    if kind == "u" and size in (1, 2):
-        return pixels.astype(np.float32) / np.float32(255 if size == 1 else 65535)
-    if kind != "f":
+        return torch.from_numpy(pixels.astype(np.uint8) * np.uint8(255))
+    if kind == "u" and size == 1:
+        return _tensor_of(pixels)
+    return _unit_float(_tensor_of(pixels))
+
+
+def _tensor_of(pixels: np.ndarray) -> torch.Tensor:
+    """A tensor of any numpy pixels; uint16 (which torch cannot compute with) as its float32 values."""
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize == 2:
+        pixels = pixels.astype(np.float32)
+        pixels /= np.float32(65535)
+    elif pixels.dtype.kind == "f" and pixels.dtype != np.float32:
+        pixels = pixels.astype(np.float32)
+    elif pixels.dtype.kind == "b":
+        pixels = pixels.astype(np.uint8) * np.uint8(255)
+    if pixels.dtype.kind not in "fu" or (pixels.dtype.kind == "u" and pixels.dtype.itemsize != 1):
         raise EDNInputError(
             f"unsupported pixel type {pixels.dtype}; expected uint8, uint16, bool "
             "or float in [0, 1]"
         )
-    values = pixels.astype(np.float32)
-    if not np.isfinite(values).all():
+    if not pixels.flags.writeable:  # e.g. np.asarray of a PIL image: torch tensors may not alias read-only memory
+        pixels = pixels.copy()
+    return torch.from_numpy(np.ascontiguousarray(pixels))
+
+
+def _unit_float(pixels: torch.Tensor) -> torch.Tensor:
+    """Scale uint8 pixels to [0, 1] float32; validate float pixels (clipping rounding noise)."""
+    if pixels.dtype == torch.uint8:
+        return pixels.float() / 255
+    values = pixels.float()
+    if not torch.isfinite(values).all():
         raise EDNInputError("image contains NaN or infinite values")
     low, high = float(values.min()), float(values.max())
     if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
         raise EDNInputError(
             f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]"
         )
-    return np.clip(values, 0.0, 1.0, out=values)
+    return values.clamp(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------
@@ -271,45 +458,6 @@ def _checked_lightness(lightness: np.ndarray) -> np.ndarray:
     if low < -_RANGE_SLACK or high > 100 + _RANGE_SLACK:
         raise EDNInputError(f"lightness must lie in [0, 100], got range [{low:.4g}, {high:.4g}]")
     return np.clip(values, 0.0, 100.0, out=values)
-
-
-def _compose_block(lab: np.ndarray) -> np.ndarray:
-    """(N, 3) Lab -> (N, 3) sRGB with chroma shrunk where out of gamut."""
-    xyz = lab2xyz(lab)
-    outside = ~_in_gamut(xyz)
-    if outside.any():
-        shrunk = lab[outside]
-        shrunk[:, 1:] *= _max_chroma_scale(shrunk)[:, np.newaxis]
-        xyz[outside] = lab2xyz(shrunk)
-    return xyz2rgb(xyz)
-
-
-def _max_chroma_scale(lab: np.ndarray) -> np.ndarray:
-    """Largest s in [0, 1] (to 2**-10) with (L*, s*a*, s*b*) inside sRGB, per row.
-
-    Every row is out of gamut at s = 1; s = 0 is neutral gray, always inside.
-    """
-    a, b = lab[:, 1].copy(), lab[:, 2].copy()
-    trial = lab.copy()
-    scale = np.zeros(len(lab), dtype=np.float32)
-    for step in np.float32(0.5) ** np.arange(1, _BISECTION_STEPS + 1, dtype=np.float32):
-        candidate = scale + step
-        np.multiply(a, candidate, out=trial[:, 1])
-        np.multiply(b, candidate, out=trial[:, 2])
-        np.add(scale, step, out=scale, where=_in_gamut(lab2xyz(trial)))
-    return scale
-
-
-def _in_gamut(xyz: np.ndarray) -> np.ndarray:
-    """Whether each XYZ row is inside sRGB, judged before skimage's clipping."""
-    x, y, z = (xyz[:, i].astype(np.float32, copy=False) for i in range(3))
-    inside = np.ones(len(xyz), dtype=bool)
-    # One channel at a time: a (N, 3) @ (3, 3) matmul goes through
-    # multithreaded BLAS, which only adds contention for so little work.
-    for to_x, to_y, to_z in _RGB_FROM_XYZ:
-        channel = to_x * x + to_y * y + to_z * z
-        inside &= np.abs(channel - np.float32(0.5)) <= np.float32(0.5 + _GAMUT_TOL)
-    return inside
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Images are uint8 arrays (H, W), (H, W, 3) or (H, W, 4), or PIL images of any mod
 A metric whose weights are not given is *unavailable*; nothing here downloads weights or guesses a value.
 """
 
+import pickle
 import re
 from pathlib import Path
 
@@ -304,8 +305,9 @@ def _load_state_dict(path, what: str) -> dict:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise EDNInputError(f"{what} weights {str(path)!r} do not exist") from None
-    except (OSError, RuntimeError, ValueError, EOFError) as error:
-        raise EDNInputError(f"cannot read {what} weights {str(path)!r}: {str(error).splitlines()[0]}") from None
+    except (OSError, RuntimeError, ValueError, EOFError, IndexError, pickle.UnpicklingError) as error:  # not weights
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise EDNInputError(f"cannot read {what} weights {str(path)!r}: {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -2,14 +2,13 @@
 
 import inspect
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
@@ -26,8 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel, load_ccd
 from .errors import EDNInputError
-from .hints import hint_condition, parse_hints, render_hints
-from .luminance import chroma, compose_with_lightness, gray_from_lightness, to_lightness, to_uint8
+from .image_processor import EDNImageProcessor
 from .luminance_decoder import LuminanceDecoder
 from .pipeline_output import EDNPipelineOutput
 
@@ -48,6 +46,28 @@ def _as_image_list(image) -> list:
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
         return list(image)
     return [image]
+
+
+def _is_integer(value) -> bool:
+    """An int, numpy integer included, that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    """A real number, numpy's included, that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_tensor(name: str, tensor) -> None:
+    """A tensor argument must be a dense, finite tensor with data (not on the meta device)."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise EDNInputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided or tensor.is_meta:
+        raise EDNInputError(f"{name} must be a dense tensor with data, got a {tensor.layout} tensor on {tensor.device}")
+    if not torch.isfinite(tensor).all():
+        raise EDNInputError(f"{name} contains NaN or infinite values")
 
 
 def _batch_length(name: str, count: int, batch_size: int) -> None:
@@ -103,13 +123,26 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         self.register_to_config(default_strength=default_strength)
         self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.image_processor = EDNImageProcessor(resolution=self.resolution, size_multiple=multiple)
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
     ) -> "EDNPipeline":
-        """As ``DiffusionPipeline.from_pretrained``; with no model named, edn-tiny (:data:`EDN_TINY`)."""
-        return super().from_pretrained(pretrained_model_name_or_path or EDN_TINY, **kwargs)
+        """As ``DiffusionPipeline.from_pretrained``; with no model named, edn-tiny (:data:`EDN_TINY`).
+
+        A folder or Hub id it cannot load raises EDNInputError saying what it needs (diffusers' own error chained).
+        """
+        name = os.fspath(pretrained_model_name_or_path or EDN_TINY)  # diffusers takes a missing Path for a Hub id
+        try:
+            return super().from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise EDNInputError(
+                f"cannot load an EDN pipeline from {str(name)!r}: {reason[:300]} -- give a folder saved with "
+                "save_pretrained (it holds model_index.json), or a Hub id while online"
+            ) from error
 
     @classmethod
     def from_stable_diffusion(
@@ -161,9 +194,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         Both sides are multiples of what the UNet's downsampling needs, so any input size works.
         """
-        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        scale = self.resolution / max(width, height)
-        return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+        return self.image_processor.working_size(width, height)
 
     # ----------------------------------------------------------------------------------------------- text
 
@@ -213,7 +244,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if clip_skip is None:
             return self.text_encoder(ids)[0]
         hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        return self.text_encoder.text_model.final_layer_norm(hidden)
+        # transformers 5's CLIPTextModel holds the final norm itself; earlier ones in `text_model`.
+        return getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm(hidden)
 
     # ----------------------------------------------------------------------------------------------- checks
 
@@ -236,13 +268,19 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         generator,
         callback_on_step_end_tensor_inputs,
         latents=None,
+        ccd_conditioning_scale=1.0,
+        clip_skip=None,
     ) -> int:
         """Validate every call argument; returns the batch size (before ``num_images_per_prompt``)."""
         if not images:
             raise EDNInputError("no image given")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise EDNInputError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        trained_steps = self.scheduler.config.num_train_timesteps
+        if not _is_integer(num_inference_steps) or not 1 <= num_inference_steps <= trained_steps:
+            raise EDNInputError(
+                f"num_inference_steps must be an integer from 1 to the scheduler's {trained_steps} training steps, "
+                f"got {num_inference_steps!r}"
+            )
+        if not _is_real(strength) or not 0 < strength <= 1:
             raise EDNInputError(f"strength must be a number in (0, 1], got {strength!r}")
         if strength < 1 and self.vae is None:
             raise EDNInputError("strength < 1 starts from the photo's latent and needs a vae; this pipeline has none")
@@ -251,17 +289,30 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if int(num_inference_steps * strength) < 1:
             raise EDNInputError(f"strength {strength} of {num_inference_steps} steps leaves no step to run")
         for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
                 raise EDNInputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not _is_real(ccd_conditioning_scale) or not math.isfinite(ccd_conditioning_scale):
+            raise EDNInputError(f"ccd_conditioning_scale must be a finite number, got {ccd_conditioning_scale!r}")
+        if not _is_integer(num_images_per_prompt) or num_images_per_prompt < 1:
             raise EDNInputError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if clip_skip is not None:
+            layers = self.text_encoder.config.num_hidden_layers
+            if not _is_integer(clip_skip) or not 0 <= clip_skip < layers:
+                raise EDNInputError(f"clip_skip must be an integer from 0 to {layers - 1} (the text encoder has "
+                                    f"{layers} layers), got {clip_skip!r}")
         if vq_steps is not None:
             limit = self.decoder.config.vq_num_train_timesteps if self.decoder.refiner is not None else 0
-            if isinstance(vq_steps, bool) or not isinstance(vq_steps, int) or not 0 <= vq_steps <= limit:
+            if not _is_integer(vq_steps) or not 0 <= vq_steps <= limit:
                 where = "this model's decoder has no token refiner" if limit == 0 else f"the decoder has {limit}"
                 raise EDNInputError(f"vq_steps must be an integer in [0, {limit}] ({where}), got {vq_steps!r}")
-        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
             raise EDNInputError(f"temperature must be a finite number > 0, got {temperature!r}")
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+            raise EDNInputError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        for name, tensor in (("latents", latents), ("prompt_embeds", prompt_embeds),
+                             ("negative_prompt_embeds", negative_prompt_embeds)):
+            _check_tensor(name, tensor)
         if output_type not in OUTPUT_TYPES:
             raise EDNInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
@@ -277,6 +328,16 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value)
             ):
                 raise EDNInputError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+            for text in [value] if isinstance(value, str) else value or []:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: bytes that were not text, decoded leniently
+                    raise EDNInputError(f"{name} {text!r} is not valid text (it holds a lone surrogate)") from None
+        if prompt_embeds is not None:
+            width = self.text_encoder.config.hidden_size
+            if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != width:
+                raise EDNInputError(f"prompt_embeds must have shape (batch, tokens, {width}), got "
+                                    f"{tuple(prompt_embeds.shape)}")
         if prompt_embeds is not None and negative_prompt_embeds is not None:
             if prompt_embeds.shape != negative_prompt_embeds.shape:
                 raise EDNInputError(
@@ -302,33 +363,6 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         return batch_size
 
     # ----------------------------------------------------------------------------------------------- images
-
-    def prepare_condition(
-        self, images: list, hints: list, batch_size: int
-    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
-        """Read the inputs and build the adapter's condition at the working size.
-
-        Returns each input's CIE L* at its own size, the grayscale images (B, 1, h, w) in [0, 1] and the
-        CCD condition (B, 7, h, w). All images of a call share the working size of the first one.
-        """
-        lightness = [to_lightness(image) for image in images]
-        height, width = lightness[0].shape
-        work_w, work_h = self.working_size(width, height)
-        grays, conditions = [], []
-        for l_star, image_hints in zip(lightness, hints):
-            # Resize L* first: the gray conversion then runs on the working size, not on a 12-megapixel scan.
-            small = F.interpolate(
-                torch.from_numpy(l_star)[None, None], size=(work_h, work_w), mode="bicubic", antialias=True
-            )
-            gray = gray_from_lightness(small.clamp(0, 100)[0, 0].numpy())
-            size = (l_star.shape[1], l_star.shape[0])
-            hint_rgb, mask = render_hints(gray, parse_hints(image_hints, size), size)
-            grays.append(gray)
-            conditions.append(hint_condition(gray, hint_rgb, mask))
-        repeat = batch_size // len(images)
-        gray_batch = torch.from_numpy(np.stack(grays))[:, None].repeat(repeat, 1, 1, 1)
-        condition = torch.from_numpy(np.stack(conditions)).permute(0, 3, 1, 2).repeat(repeat, 1, 1, 1)
-        return lightness * repeat, gray_batch, condition
 
     def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
         shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -434,21 +468,6 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             prompt_embeds = prompt_embeds.to(dtype)
         image = self.decoder(latents.to(dtype), gray, prompt_embeds, vq_steps, temperature, generator)
         return (image.sample.float() / 2 + 0.5).clamp(0, 1)
-
-    def postprocess(self, decoded: torch.Tensor, lightness: list[np.ndarray], output_type: str):
-        """Keep each input's L* and take the decoded image's chroma, upsampled to the input's size."""
-        outputs = []
-        for image, l_star in zip(decoded.cpu(), lightness):
-            ab = torch.from_numpy(chroma(image.permute(1, 2, 0).numpy())).permute(2, 0, 1)[None]
-            ab = F.interpolate(ab, size=l_star.shape, mode="bilinear", antialias=True, align_corners=False)
-            outputs.append(compose_with_lightness(l_star, ab[0].permute(1, 2, 0).numpy()))
-        if output_type == "pil":
-            return [PIL.Image.fromarray(to_uint8(rgb)) for rgb in outputs]
-        if output_type == "pt":
-            outputs = [torch.from_numpy(rgb).permute(2, 0, 1) for rgb in outputs]
-        if len({tuple(o.shape) for o in outputs}) == 1:
-            return np.stack(outputs) if output_type == "np" else torch.stack(outputs)
-        return outputs
 
     # ----------------------------------------------------------------------------------------------- memory
 
@@ -569,6 +588,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
+        # 1. Check inputs
         images = _as_image_list(image)
         is_batch = isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4)
         if is_batch and hints is not None and not isinstance(hints, (list, tuple)):
@@ -576,23 +596,25 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         per_image_hints = list(hints) if is_batch and hints is not None else None
         strength = self.config.default_strength if strength is None else strength
         batch_size = self.check_inputs(
-            images,
-            prompt,
-            per_image_hints,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            num_inference_steps,
-            strength,
-            guidance_scale,
-            eta,
-            num_images_per_prompt,
-            vq_steps,
-            temperature,
-            output_type,
-            generator,
-            callback_on_step_end_tensor_inputs,
-            latents,
+            images=images,
+            prompt=prompt,
+            hints=per_image_hints,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            num_images_per_prompt=num_images_per_prompt,
+            vq_steps=vq_steps,
+            temperature=temperature,
+            output_type=output_type,
+            generator=generator,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            latents=latents,
+            ccd_conditioning_scale=ccd_conditioning_scale,
+            clip_skip=clip_skip,
         )
         if per_image_hints is None:
             per_image_hints = [None if is_batch else hints] * len(images)
@@ -602,7 +624,12 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._interrupt = False
         device = self._execution_device
 
-        lightness, gray, condition = self.prepare_condition(images, per_image_hints, batch_size)
+        # 2. Read the images and hints: each input's L*, the gray images and the adapter's condition
+        inputs = self.image_processor.preprocess(images, per_image_hints, device)
+        repeat = batch_size // len(images)
+        lightness = inputs.lightness * repeat
+        gray, condition = inputs.gray.repeat(repeat, 1, 1, 1), inputs.condition.repeat(repeat, 1, 1, 1)
+        # 3. Encode the prompt
         if prompt_embeds is None:
             prompts = DEFAULT_PROMPT if prompt is None else prompt
             prompts = [prompts] * batch_size if isinstance(prompts, str) else list(prompts) * (batch_size // len(prompts))
@@ -625,9 +652,11 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         gray = gray.repeat_interleave(num_images_per_prompt, dim=0)
         condition = condition.repeat_interleave(num_images_per_prompt, dim=0).to(device, self.ccd.dtype)
 
+        # 4. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength)
         self._num_timesteps = len(timesteps)
+        # 5. Prepare latents: noise, or below strength 1 the photo as its hints colour it, noised
         height, width = gray.shape[-2:]
         latents = self.prepare_latents(
             batch_size * num_images_per_prompt,
@@ -643,6 +672,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             latents = self.noised_image_latents(self.hinted_photo(condition), latents, timesteps[:1])
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
+        # 6. Denoising loop
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -673,6 +703,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                     }
                     callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    if not isinstance(callback_outputs, dict):
+                        raise EDNInputError(
+                            f"callback_on_step_end must return a dict of tensors, got {type(callback_outputs).__name__}"
+                        )
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
@@ -681,11 +715,17 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
 
+        # 7. Decode the colour latents and compose their chroma on each input's L*
         if output_type == "latent":
             images_out = latents
         else:
+            if not torch.isfinite(latents).all():
+                raise EDNInputError(
+                    "denoising produced NaN or infinite latents: guidance_scale or ccd_conditioning_scale is too large "
+                    f"for this model (got {guidance_scale} and {ccd_conditioning_scale}), or a callback returned them"
+                )
             decoded = self.decode_latents(latents, gray, prompt_embeds, vq_steps, temperature, generator)
-            images_out = self.postprocess(decoded, lightness, output_type)
+            images_out = self.image_processor.postprocess(decoded, lightness, output_type)
         self.maybe_free_model_hooks()
 
         if not return_dict:

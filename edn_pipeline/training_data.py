@@ -20,8 +20,8 @@ Each example becomes
 - ``pixel_values`` (3, H, W) in [-1, 1]: the colour target, the photo resized so that its shorter side is
   ``resolution`` (bicubic) and centre-cropped (or, with ``center_crop=False``, randomly cropped) to a square;
 - ``gray_values`` (1, H, W) in [-1, 1]: what the model sees, the neutral sRGB gray with the crop's CIE L*,
-  exactly as at inference (:func:`~edn_pipeline.luminance.gray_from_lightness` of
-  :func:`~edn_pipeline.luminance.to_lightness`);
+  exactly as at inference (:meth:`~edn_pipeline.image_processor.EDNImageProcessor.gray`: L* measured at the
+  photo's own size, then resized);
 - ``conditioning_pixel_values`` (7, H, W) in [0, 1]: the adapter's condition,
   :func:`~edn_pipeline.hints.hint_condition` of the gray and of hints sampled by
   :func:`~edn_pipeline.hint_sampling.sample_training_hints`;
@@ -55,7 +55,8 @@ from PIL import Image, ImageOps
 from .errors import EDNInputError
 from .hint_sampling import MAX_HINT_POINTS, TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
 from .hints import hint_condition
-from .luminance import gray_from_lightness, to_lightness
+from .image_processor import EDNImageProcessor
+from .luminance import lightness, read_pixels
 from .pipeline_edn import DEFAULT_PROMPT
 
 __all__ = [
@@ -322,9 +323,10 @@ class TrainingExampleTransform:
             np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, self.epoch, *key]).spawn(3)
         )
 
-        rgb8 = self._crop(photo, crop_rng)
-        rgb = rgb8.astype(np.float32) / 255.0
-        gray = gray_from_lightness(to_lightness(rgb8))
+        crop = self._crop(photo, crop_rng)
+        rgb = np.asarray(crop.resize((self.resolution,) * 2, Image.Resampling.BICUBIC), np.float32) / 255.0
+        # The gray image exactly as inference makes it: the crop's L* at its own size, resized.
+        gray = EDNImageProcessor.gray(lightness(read_pixels(crop)), (self.resolution,) * 2).numpy()
         hint_rgb, mask = sample_training_hints(
             rgb, gray, hint_rng, hint_ratio=self.hint_ratio, no_hint_prob=self.no_hint_prob,
             point_hint_prob=self.point_hint_prob, max_points=self.max_hint_points,
@@ -366,21 +368,16 @@ class TrainingExampleTransform:
             )
         return [c if isinstance(c, str) else "" for c in examples[self.caption_column]]
 
-    def _crop(self, photo: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """Resize so the shorter side is ``resolution`` and crop a square: (res, res, 3) uint8."""
-        res = self.resolution
+    def _crop(self, photo: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """The square of the photo to train on, at the photo's own size: the largest square (centred, or at a
+        random place), as diffusers' training scripts resize the shorter side to ``resolution`` and crop."""
         width, height = photo.size
-        scale = res / min(width, height)
-        scaled_w, scaled_h = max(res, round(width * scale)), max(res, round(height * scale))
+        side = min(width, height)
         if self.center_crop:
-            left, top = (scaled_w - res) / 2, (scaled_h - res) / 2
+            left, top = (width - side) // 2, (height - side) // 2
         else:
-            left, top = int(rng.integers(scaled_w - res + 1)), int(rng.integers(scaled_h - res + 1))
-        # Resample only the crop's source box: the same pixels as resize-then-crop, without the waste.
-        box = (left / scale, top / scale, (left + res) / scale, (top + res) / scale)
-        box = (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3]))
-        crop = photo.resize((res, res), Image.Resampling.BICUBIC, box=box)
-        return np.asarray(crop, dtype=np.uint8)
+            left, top = int(rng.integers(width - side + 1)), int(rng.integers(height - side + 1))
+        return photo.crop((left, top, left + side, top + side))
 
     def __repr__(self) -> str:
         return (

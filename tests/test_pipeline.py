@@ -223,7 +223,8 @@ def test_strength_runs_the_last_part_of_the_schedule_from_the_noised_gray_latent
     pipe.scheduler.set_timesteps(10)
     assert seen["timesteps"] == pipe.scheduler.timesteps[-3:].tolist()
 
-    _, gray, condition = pipe.prepare_condition([photo], [None], 1)
+    inputs = pipe.image_processor.preprocess([photo], [None])
+    gray, condition = inputs.gray, inputs.condition
     factor = pipe.vae_scale_factor
     noise = torch.randn(1, 4, gray.shape[2] // factor, gray.shape[3] // factor, generator=seeded(1))
     t = pipe.scheduler.timesteps[-3]

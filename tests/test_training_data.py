@@ -13,7 +13,7 @@ from skimage import data
 from edn_pipeline.errors import EDNInputError
 from edn_pipeline.hint_sampling import quantized_superpixels
 from edn_pipeline.hints import hint_condition, parse_hints, propagate_hints, render_hints
-from edn_pipeline.luminance import gray_from_lightness, to_lightness
+from edn_pipeline.image_processor import EDNImageProcessor
 from edn_pipeline.testing_utils import tiny_tokenizer
 from edn_pipeline.training_data import (
     GENERIC_PROMPTS,
@@ -86,11 +86,16 @@ def test_imagefolder_with_captions_yields_model_tensors(photo_dir, cache):
     torch.testing.assert_close(batch["input_ids"], expected_ids)
 
 
-def _crop_and_gray(example):
-    """The example's 8-bit crop and the gray inference computes from it."""
+def _crop_and_gray(example, row):
+    """The example's 8-bit crop and its gray, checked against the gray inference makes of the same photo."""
     crop = np.round((example["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
-    gray = gray_from_lightness(to_lightness(crop))
-    np.testing.assert_allclose(example["gray_values"][0].numpy(), 2 * gray - 1, atol=1e-6)
+    photo = row["image"] if isinstance(row["image"], Image.Image) else Image.open(row["image"]["path"])
+    side = min(photo.size)
+    left, top = (photo.width - side) // 2, (photo.height - side) // 2
+    square = photo.convert("RGB").crop((left, top, left + side, top + side))
+    inference = EDNImageProcessor(resolution=RES, size_multiple=8).preprocess([square], [None])
+    gray = inference.gray[0, 0].numpy()
+    np.testing.assert_allclose((example["gray_values"][0].numpy() + 1) / 2, gray, atol=1e-6)
     return crop, gray
 
 
@@ -99,8 +104,8 @@ def test_gray_and_condition_match_inference(photo_dir, cache):
     propagate_hints and stacked by the same hint_condition as the pipeline's hints."""
     dataset = load_image_dataset(data_dir=photo_dir, cache_dir=cache)
     transform = _transform(no_hint_prob=0.0)
-    for example in with_training_transform(dataset, transform):
-        crop, gray = _crop_and_gray(example)
+    for row, example in zip(dataset, with_training_transform(dataset, transform)):
+        crop, gray = _crop_and_gray(example, row)
         condition = example["conditioning_pixel_values"].numpy()
         for c in range(3):
             np.testing.assert_allclose(condition[c], gray, atol=1e-6)
@@ -123,8 +128,8 @@ def test_point_hint_condition_is_what_inference_builds_from_the_same_point(photo
     transform = _transform(no_hint_prob=0.0, point_hint_prob=1.0, max_hint_points=1)
     for epoch in range(2):
         transform.set_epoch(epoch)
-        for example in with_training_transform(dataset, transform):
-            crop, gray = _crop_and_gray(example)
+        for row, example in zip(dataset, with_training_transform(dataset, transform)):
+            crop, gray = _crop_and_gray(example, row)
             condition = example["conditioning_pixel_values"].numpy()
             seeds = np.argwhere(condition[6] == 1.0)
             # One point: a disk of radius 1 pixel, whose centre is within one step of every seed pixel.
