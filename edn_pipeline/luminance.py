@@ -217,9 +217,10 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
         fy = lightness_[rows].reshape(-1).add(16).div_(116)
         luminance = _lab_f_inverse(fy)
         linear = _linear_rgb(fy, luminance, dx, dz)
-        outside = _outside(linear)
-        if outside.any():
-            linear[:, outside] = _fit_to_gamut(fy[outside], luminance[outside], dx[outside], dz[outside])
+        outside = _outside(linear).nonzero().squeeze(1)  # indices once: each boolean mask would search again
+        if len(outside):
+            fitted = _fit_to_gamut(*(values.index_select(0, outside) for values in (fy, luminance, dx, dz)))
+            linear.index_copy_(1, outside, fitted)
         srgb = _linear_to_srgb(linear.clamp_(0, 1))
         if dtype == torch.uint8:
             srgb = srgb.mul_(255).round_()
