@@ -86,6 +86,21 @@ def quantized_superpixels(
     return labels, palette[assignment].astype(np.float32)
 
 
+def check_hint_options(hint_ratio, **options) -> tuple[float, float]:
+    """Validate the hint sampling options, named as the caller names them: ``*_points`` positive integers, the
+    rest probabilities. Returns ``hint_ratio`` as floats."""
+    for name, value in options.items():
+        if name.endswith("points"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EDNInputError(f"{name} must be a positive integer, got {value!r}")
+        elif not 0.0 <= value <= 1.0:
+            raise EDNInputError(f"{name} must lie in [0, 1], got {value}")
+    low, high = (float(r) for r in hint_ratio)
+    if not 0.0 <= low <= high <= 1.0:
+        raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
+    return low, high
+
+
 def sample_training_hints(
     rgb: np.ndarray,
     gray: np.ndarray,
@@ -118,14 +133,9 @@ def sample_training_hints(
     gray = np.asarray(gray, dtype=np.float32)
     if gray.shape != rgb.shape[:2]:
         raise EDNInputError(f"gray has shape {gray.shape} but the colour image is {rgb.shape[:2]}")
-    low, high = (float(r) for r in hint_ratio)
-    if not 0.0 <= low <= high <= 1.0:
-        raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
-    for name, p in (("no_hint_prob", no_hint_prob), ("point_hint_prob", point_hint_prob)):
-        if not 0.0 <= p <= 1.0:
-            raise EDNInputError(f"{name} must lie in [0, 1], got {p}")
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-        raise EDNInputError(f"max_points must be a positive integer, got {max_points!r}")
+    low, high = check_hint_options(
+        hint_ratio, max_points=max_points, no_hint_prob=no_hint_prob, point_hint_prob=point_hint_prob
+    )
 
     h, w = gray.shape
     seed = np.zeros((h, w), bool)

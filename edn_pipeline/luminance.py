@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from skimage.color import xyz_tristimulus_values
 from skimage.color.colorconv import rgb_from_xyz, xyz_from_rgb
 
-from .errors import EDNInputError
+from .errors import EDNInputError, one_line
 
 __all__ = [
     "to_lightness",
@@ -332,7 +332,7 @@ def _pixels_from_path(path) -> torch.Tensor:
     except FileNotFoundError:
         raise EDNInputError(f"image file not found: {path}") from None
     except Exception as exc:  # PIL raises many types for unreadable files
-        raise EDNInputError(f"could not read image: {path}: {_one_line(exc)}") from None
+        raise EDNInputError(f"could not read image: {path}: {one_line(exc)}") from None
     with image:
         return _pixels_from_pil(image, source=f"{path}: ")
 
@@ -343,7 +343,7 @@ def _pixels_from_pil(image: Image.Image, source: str) -> torch.Tensor:
         image.load()
         image = ImageOps.exif_transpose(image)
     except Exception as exc:  # truncated/corrupt data surfaces here, not at open()
-        raise EDNInputError(f"could not read image: {source}{_one_line(exc)}") from None
+        raise EDNInputError(f"could not read image: {source}{one_line(exc)}") from None
     _check_not_empty((image.height, image.width))
 
     mode = image.mode
@@ -475,7 +475,3 @@ def _describe_shape(value) -> str:
     if isinstance(value, np.ndarray):
         return f"shape {value.shape}"
     return f"type {type(value).__name__}"
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -19,7 +19,6 @@ from diffusers import (
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -28,8 +27,6 @@ from .errors import EDNInputError
 from .image_processor import EDNImageProcessor
 from .luminance_decoder import LuminanceDecoder
 from .pipeline_output import EDNPipelineOutput
-
-logger = logging.get_logger(__name__)
 
 # The generic prompts EDN is trained with in place of captions (paper §2.1); used when no prompt is given.
 DEFAULT_PROMPT = "colored photo"

@@ -36,8 +36,6 @@ from torch import nn
 from .losses import ccd_loss, chroma_l1, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
 from .mask_and_replace import q_sample
 
-logger = logging.getLogger("edn_pipeline.training")
-
 STAGES = ("vae", "ccd", "decoder", "joint")
 CHECKPOINT_PREFIX = "checkpoint-"
 LORA_WEIGHTS = "unet_lora.safetensors"

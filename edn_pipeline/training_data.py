@@ -52,8 +52,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import EDNInputError
-from .hint_sampling import MAX_HINT_POINTS, TRAIN_N_COLORS, TRAIN_SLIC_SEGMENTS, sample_training_hints
+from .errors import EDNInputError, one_line
+from .hint_sampling import (
+    MAX_HINT_POINTS,
+    TRAIN_N_COLORS,
+    TRAIN_SLIC_SEGMENTS,
+    check_hint_options,
+    sample_training_hints,
+)
 from .hints import hint_condition
 from .image_processor import EDNImageProcessor
 from .luminance import lightness, read_pixels
@@ -79,7 +85,6 @@ GENERIC_PROMPTS = (
     "a realistic color photo",
 )
 
-TENSOR_KEYS = ("pixel_values", "gray_values", "conditioning_pixel_values", "input_ids")
 _METADATA_FILENAMES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 
 
@@ -138,7 +143,7 @@ def load_image_dataset(
             cache_dir=None if cache_dir is None else os.fspath(cache_dir), **kwargs,
         )
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError, ValueError) as exc:
-        raise EDNInputError(f"could not load dataset {source}: {_one_line(exc)}") from None
+        raise EDNInputError(f"could not load dataset {source}: {one_line(exc)}") from None
 
     columns = _column_names(dataset)
     if image_column not in columns:
@@ -255,20 +260,10 @@ class TrainingExampleTransform:
     ):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise EDNInputError(f"resolution must be a positive integer, got {resolution!r}")
-        probabilities = (
-            ("no_hint_prob", no_hint_prob),
-            ("point_hint_prob", point_hint_prob),
-            ("generic_prompt_prob", generic_prompt_prob),
-            ("proportion_empty_prompts", proportion_empty_prompts),
+        low, high = check_hint_options(
+            hint_ratio, max_hint_points=max_hint_points, no_hint_prob=no_hint_prob, point_hint_prob=point_hint_prob,
+            generic_prompt_prob=generic_prompt_prob, proportion_empty_prompts=proportion_empty_prompts,
         )
-        for name, p in probabilities:
-            if not 0.0 <= p <= 1.0:
-                raise EDNInputError(f"{name} must lie in [0, 1], got {p}")
-        if isinstance(max_hint_points, bool) or not isinstance(max_hint_points, int) or max_hint_points < 1:
-            raise EDNInputError(f"max_hint_points must be a positive integer, got {max_hint_points!r}")
-        low, high = (float(r) for r in hint_ratio)
-        if not 0.0 <= low <= high <= 1.0:
-            raise EDNInputError(f"hint_ratio must be (low, high) with 0 <= low <= high <= 1, got {hint_ratio}")
         generic_prompts = tuple(generic_prompts)
         if not generic_prompts or not all(isinstance(p, str) and p.strip() for p in generic_prompts):
             raise EDNInputError("generic_prompts must be a non-empty sequence of non-empty strings")
@@ -317,7 +312,7 @@ class TrainingExampleTransform:
         try:
             photo, key = _decode(image)
         except Exception as exc:  # PIL raises many types for corrupt or truncated files
-            logger.warning("skipping unreadable image %s: %s", _describe(image), _one_line(exc))
+            logger.warning("skipping unreadable image %s: %s", _describe(image), one_line(exc))
             return None
         crop_rng, prompt_rng, hint_rng = (
             np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, self.epoch, *key]).spawn(3)
@@ -467,13 +462,8 @@ def collate_fn(examples: list[dict]) -> dict:
     batch = {"num_examples": len(good), "num_skipped": len(examples) - len(good)}
     if not good:
         return batch
-    for key in TENSOR_KEYS:
-        if key in good[0]:
+    for key, value in good[0].items():
+        if isinstance(value, torch.Tensor):
             batch[key] = torch.stack([ex[key] for ex in good]).contiguous()
     batch["captions"] = [ex.get("caption", "") for ex in good]
     return batch
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
