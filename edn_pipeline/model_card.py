@@ -1,10 +1,10 @@
-"""The Hub model page of a trained EDN, rendered with huggingface_hub from the template in ``model_cards/``."""
+"""The Hub model page of a trained EDN, rendered with huggingface_hub from the package's ``model_card_template.md``."""
 
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "edn.md"
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"  # package data: wheels carry it
 TAGS = ["colorization", "image-colorization", "diffusers", "controlnet", "edn", "image-to-image"]
 
 
@@ -23,8 +23,6 @@ def render_model_card(
 
     The default licence is Stable Diffusion v1's, which a model fine-tuned from it inherits.
     """
-    if not TEMPLATE.is_file():
-        raise FileNotFoundError(f"model card template not found at {TEMPLATE}; run from a checkout of the project")
     card_data = ModelCardData(
         license=license,
         base_model=base_model,

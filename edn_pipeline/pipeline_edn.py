@@ -371,13 +371,16 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    def get_timesteps(self, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
-        """The last ``strength`` share of the schedule, as diffusers' img2img pipelines take it."""
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.get_timesteps
+    def get_timesteps(self, num_inference_steps, strength, device):
+        # get the original timestep using init_timestep
         init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+
         t_start = max(num_inference_steps - init_timestep, 0)
         timesteps = self.scheduler.timesteps[t_start * self.scheduler.order :]
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(t_start * self.scheduler.order)
+
         return timesteps, num_inference_steps - t_start
 
     @staticmethod
@@ -400,14 +403,23 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         noise = noise / self.scheduler.init_noise_sigma
         return self.scheduler.add_noise(image_latents, noise, timestep.repeat(noise.shape[0]))
 
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
     def prepare_extra_step_kwargs(self, generator, eta):
-        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
-        extra = {}
-        if "eta" in step_parameters:
-            extra["eta"] = eta
-        if "generator" in step_parameters:
-            extra["generator"] = generator
-        return extra
+        # prepare extra kwargs for the scheduler step, since not all schedulers have the same signature
+        # eta (η) is only used with the DDIMScheduler, it will be ignored for other schedulers.
+        # eta corresponds to η in DDIM paper: https://huggingface.co/papers/2010.02502
+        # and should be between [0, 1]
+
+        accepts_eta = "eta" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        extra_step_kwargs = {}
+        if accepts_eta:
+            extra_step_kwargs["eta"] = eta
+
+        # check if the scheduler accepts generator
+        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        if accepts_generator:
+            extra_step_kwargs["generator"] = generator
+        return extra_step_kwargs
 
     def predict_noise(
         self,
@@ -651,7 +663,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 4. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength)
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
         self._num_timesteps = len(timesteps)
         # 5. Prepare latents: noise, or below strength 1 the photo as its hints colour it, noised
         height, width = gray.shape[-2:]
