@@ -6,6 +6,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   the UNet, or the whole UNet for a model without a pretrained prior);
 * ``--stage decoder`` trains the luminance-aware decoder: reconstruction, the quantiser's commitment loss and
   ``λ2·L_VQ-Dif`` for its token refiner;
+* ``--stage refiner`` trains only the decoder's token refiner (``L_VQ-Dif``), everything else frozen: it runs at
+  the latent size, so many more steps fit than in the decoder stage, whose reconstruction decodes every image;
 * ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction);
 * ``--stage vae`` trains the autoencoder itself (L1 + a small KL term), for a model without a pretrained SD
   such as edn-tiny, and sets the VAE's ``scaling_factor`` to 1 / std of its latents, as SD's was. With
@@ -36,7 +38,7 @@ from torch import nn
 from .losses import ccd_loss, chroma_l1, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
 from .mask_and_replace import q_sample
 
-STAGES = ("vae", "ccd", "decoder", "joint")
+STAGES = ("vae", "ccd", "decoder", "refiner", "joint")
 CHECKPOINT_PREFIX = "checkpoint-"
 LORA_WEIGHTS = "unet_lora.safetensors"
 
@@ -144,7 +146,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--resolution must be a multiple of 8")
     if args.train_unet and args.train_unet_lora:
         parser.error("--train_unet and --train_unet_lora exclude each other")
-    if args.stage in ("decoder", "vae") and (args.train_unet or args.train_unet_lora):
+    if args.stage in ("decoder", "refiner", "vae") and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
     for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -211,6 +213,9 @@ class EDNTrainingModel(nn.Module):
             reconstruction, commitment, l_vq = self.decoder_losses(latents, text, pixels, gray, generator)
             losses.update(reconstruction=reconstruction, commitment=commitment, vq_diffusion=l_vq)
             extra = reconstruction + commitment
+        if self.stage == "refiner":
+            _, _, l_vq = self.decoder_losses(latents, text, pixels, gray, generator, reconstruct=False)
+            losses.update(vq_diffusion=l_vq)
         losses["loss"] = total_loss(l_dif, l_ccd, l_vq, self.lambda_ccd, self.lambda_vq) + extra
         return losses
 
@@ -275,8 +280,9 @@ class EDNTrainingModel(nn.Module):
         l_ccd = ccd_loss(pred_rgb, target_rgb, gray=(batch["gray_values"].float() + 1) / 2).total
         return l_dif, l_ccd
 
-    def decoder_losses(self, latents, text, pixels, gray, generator):
-        """Reconstruction (L1), the quantiser's commitment loss and Eq. 6 for the token refiner."""
+    def decoder_losses(self, latents, text, pixels, gray, generator, reconstruct: bool = True):
+        """Reconstruction (L1), the quantiser's commitment loss and Eq. 6 for the token refiner; without
+        ``reconstruct``, only Eq. 6 (the reconstruction, zero, decodes nothing)."""
         decoder = self.decoder
         latents = latents.to(decoder.dtype)
         features = decoder.encode_gray(gray.to(decoder.dtype)) if decoder.gray_encoder is not None else None
@@ -293,6 +299,8 @@ class EDNTrainingModel(nn.Module):
                 x_t = q_sample(x_0, t, scheduler, generator)
                 log_x0 = decoder.token_log_probs(x_t.view_as(quantized.tokens), t, features, text.to(decoder.dtype))
                 l_vq = vq_diffusion_loss(log_x0, x_0, x_t, t, scheduler, self.vq_aux_weight).total
+        if not reconstruct:
+            return pixels.new_zeros(()), commitment, l_vq
         reconstruction = F.l1_loss(decoder.decode_quantized(latents, features).float(), pixels.float())
         return reconstruction, commitment, l_vq
 
@@ -387,11 +395,18 @@ def trainable_modules(pipe, args) -> dict[str, nn.Module]:
             pipe.ccd.controlnet_cond_embedding.conv_out.reset_parameters()
     if args.stage in ("decoder", "joint"):
         trained["decoder"] = pipe.decoder
+    if args.stage == "refiner":
+        if pipe.decoder.refiner is None:
+            raise ValueError("the refiner stage needs a decoder with a token refiner (train one with --decoder_vq)")
+        trained["decoder"] = pipe.decoder  # saved whole; only its refiner's parameters are given gradients below
     if args.train_unet:
         trained["unet"] = pipe.unet
     for module in trained.values():
         module.requires_grad_(True)
         module.train()
+    if args.stage == "refiner":
+        pipe.decoder.requires_grad_(False)
+        pipe.decoder.refiner.requires_grad_(True)
     if args.train_unet_lora:
         from peft import LoraConfig
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub import ModelCard
 from skimage import data
@@ -124,6 +125,23 @@ def test_decoder_stage_with_vq_trains_the_quantiser_and_refiner(tiny_sd, photos,
     assert pipe.decoder.quantizer is not None and pipe.decoder.refiner is not None
     pipe.set_progress_bar_config(disable=True)
     assert pipe(PIL.Image.open(photos / "coffee.png"), num_inference_steps=2, vq_steps=3).images[0].size == (40, 36)
+
+
+def test_refiner_stage_trains_only_the_token_refiner(tiny_sd, photos, tmp_path):
+    start, out = tmp_path / "decoder", tmp_path / "refiner"
+    vq = ("--codebook_size", 16, "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16)
+    train("train_decoder.py", tiny_sd, photos, start, "--max_train_steps", 2, "--decoder_vq", *vq)
+    train("train_edn.py", start, photos, out, "--stage", "refiner", "--max_train_steps", 6)
+    assert len(logged(out, "vq_diffusion")) == 6 and not logged(out, "reconstruction")
+    before = EDNPipeline.from_pretrained(start).decoder.state_dict()
+    after = EDNPipeline.from_pretrained(out).decoder.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("refiner.") for name in changed)
+
+
+def test_the_refiner_stage_needs_a_refiner(tiny_sd, photos, tmp_path):
+    with pytest.raises(AssertionError, match="needs a decoder with a token refiner"):
+        train("train_edn.py", tiny_sd, photos, tmp_path / "out", "--stage", "refiner", "--max_train_steps", 1)
 
 
 def test_joint_stage_with_lora_optimises_equation_1(tiny_sd, photos, tmp_path):
