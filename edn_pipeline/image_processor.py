@@ -30,6 +30,12 @@ from .luminance import compose, lab_chroma, lightness, luminance_to_gray, read_p
 MAX_PIXELS = 100_000_000
 
 
+# Inputs more than this many times the working size are first averaged down to it: an antialiased bicubic resize
+# weighs every source pixel under a kernel as wide as the scale, which for a 100,000-pixel-wide input would need
+# gigabytes of weights; averaging first keeps that to a few taps (photos up to 4× the working size are unaffected).
+PRE_SHRINK = 4
+
+
 @dataclass
 class EDNImages:
     """What :meth:`EDNImageProcessor.preprocess` gives the model, one entry per input image.
@@ -125,7 +131,11 @@ class EDNImageProcessor(ConfigMixin):
         the gray image the model sees is the lightness the output keeps, averaged.
         """
         width, height = size
-        small = F.interpolate(l_star[None, None], size=(height, width), mode="bicubic", antialias=True)
+        l_star = l_star[None, None]
+        if l_star.shape[-2] > PRE_SHRINK * height or l_star.shape[-1] > PRE_SHRINK * width:
+            shrunk = (min(l_star.shape[-2], PRE_SHRINK * height), min(l_star.shape[-1], PRE_SHRINK * width))
+            l_star = F.adaptive_avg_pool2d(l_star, shrunk)
+        small = F.interpolate(l_star, size=(height, width), mode="bicubic", antialias=True)
         return luminance_to_gray(small[0, 0].clamp(0, 100))
 
     # ----------------------------------------------------------------------------------------------- output
@@ -140,7 +150,7 @@ class EDNImageProcessor(ConfigMixin):
         dtype = torch.uint8 if output_type == "pil" else torch.float32
         outputs = [compose(l_star, image_ab, dtype) for l_star, image_ab in zip(lightness_maps, ab)]
         if output_type == "pil":
-            return [PIL.Image.fromarray(rgb.cpu().numpy()) for rgb in outputs]
+            return [self._pil(rgb.cpu().numpy()) for rgb in outputs]
         if output_type == "np":
             outputs = [rgb.cpu().numpy() for rgb in outputs]
         else:
@@ -148,3 +158,11 @@ class EDNImageProcessor(ConfigMixin):
         if len({tuple(o.shape) for o in outputs}) == 1:
             return np.stack(outputs) if output_type == "np" else torch.stack(outputs)
         return outputs
+
+    @staticmethod
+    def _pil(rgb: np.ndarray) -> PIL.Image.Image:
+        try:
+            return PIL.Image.fromarray(rgb)
+        except MemoryError:  # Pillow allocates an image line by line: a 100-million-pixel row is too long for it
+            height, width = rgb.shape[:2]
+            raise EDNInputError(f"Pillow cannot hold a {width}×{height} image; ask for output_type='np'") from None

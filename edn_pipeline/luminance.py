@@ -97,35 +97,37 @@ _LINEAR_OF_BYTE = _srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
 _LIGHTNESS_OF_BYTE = 116 * _lab_f(_LINEAR_OF_BYTE * _XYZ_FROM_RGB[1].sum()) - 16
 
 
-def _blocks(height: int, width: int):
-    """Row slices of at most about _BLOCK_PIXELS pixels covering an image."""
+def _tiles(height: int, width: int):
+    """(rows, columns) slices of at most _BLOCK_PIXELS pixels covering an image: runs of whole rows, or pieces of
+    one row when a row alone is longer (a 1 × 100,000,000 PNG header is legal)."""
     rows = max(1, _BLOCK_PIXELS // max(width, 1))
+    columns = min(width, _BLOCK_PIXELS)
     for top in range(0, height, rows):
-        yield slice(top, min(top + rows, height))
+        for left in range(0, width, columns):
+            yield slice(top, min(top + rows, height)), slice(left, min(left + columns, width))
 
 
 def lightness(pixels: torch.Tensor) -> torch.Tensor:
     """CIE L* (H, W) float32 of sRGB ``pixels`` (H, W, C), C in 1, 3, 4 (alpha is ignored), on their device.
 
-    uint8 and uint16 pixels are scaled to [0, 1], bool is 0/1 and float must already lie in [0, 1].
+    uint8 pixels are scaled to [0, 1]; float ones must already lie in [0, 1] (:func:`read_pixels` makes sure).
     """
     height, width, channels = pixels.shape
     out = torch.empty(height, width, dtype=torch.float32, device=pixels.device)
     weights = _XYZ_FROM_RGB[1].to(pixels.device)
-    if pixels.dtype == torch.uint8:
-        linear_of_byte = _LINEAR_OF_BYTE.to(pixels.device)
-        lightness_of_byte = _LIGHTNESS_OF_BYTE.to(pixels.device)
-    for rows in _blocks(height, width):
-        block = pixels[rows]
+    linear_of_byte = _LINEAR_OF_BYTE.to(pixels.device)
+    lightness_of_byte = _LIGHTNESS_OF_BYTE.to(pixels.device)
+    for rows, columns in _tiles(height, width):
+        block = pixels[rows, columns]
         if channels < 3 and block.dtype == torch.uint8:
-            out[rows] = lightness_of_byte[block[..., 0].long()]
+            out[rows, columns] = lightness_of_byte[block[..., 0].long()]
             continue
         if block.dtype == torch.uint8:
-            linear = linear_of_byte[block[..., :3].long()] if channels >= 3 else None
+            linear = linear_of_byte[block[..., :3].long()]
         else:
-            linear = _srgb_to_linear(_unit_float(block[..., :3]))
+            linear = _srgb_to_linear(block[..., :3].float().clamp(0, 1))
         y = linear @ weights if channels >= 3 else linear[..., 0] * weights.sum()
-        out[rows] = 116 * _lab_f(y) - 16
+        out[rows, columns] = 116 * _lab_f(y) - 16
     return out
 
 
@@ -180,41 +182,38 @@ def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, dx: torch.Tensor, d
     return _linear_rgb(fy, luminance, dx * scale, dz * scale)
 
 
-def _upsample_columns(offsets: torch.Tensor, width: int) -> torch.Tensor:
-    if offsets.shape[-1] == width:
-        return offsets
-    return F.interpolate(offsets[None], size=(offsets.shape[-2], width), mode="bilinear", antialias=True)[0]
-
-
-def _row_weights(rows: slice, source: int, target: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear (half-pixel centres, as F.interpolate's align_corners=False) source rows and weights of ``rows``."""
-    centre = ((torch.arange(rows.start, rows.stop, device=device) + 0.5) * (source / target) - 0.5).clamp_min(0)
+def _axis_weights(span: slice, source: int, target: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear source indices and weights along one axis for the target indices ``span`` (half-pixel centres, as
+    F.interpolate's align_corners=False): by hand, so that each tile is upsampled on its own."""
+    centre = ((torch.arange(span.start, span.stop, device=device) + 0.5) * (source / target) - 0.5).clamp_min(0)
     below = centre.floor().long().clamp_max(source - 1)
-    return below, (below + 1).clamp_max(source - 1), (centre - below).clamp(0, 1)[:, None]
+    return below, (below + 1).clamp_max(source - 1), (centre - below).clamp(0, 1)
 
 
 def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (H, W, 3) sRGB image with L* ``lightness_`` (H, W) and chroma ``ab`` (2, h, w), upsampled bilinearly.
 
     Where (L*, a*, b*) lies outside the sRGB gamut the chroma is scaled down per pixel, keeping L* and hue, until
-    it fits: clipping RGB instead would change L*, which is exactly what EDN promises not to do. ``dtype`` uint8
-    rounds to 8 bits block by block (a 100-megapixel output never exists in float). Rows are upsampled one block at
-    a time (by hand for that reason), so the full-size chroma is never held either.
+    it fits: clipping RGB instead would change L*, which is exactly what EDN promises not to do. The work goes
+    tile by tile, each upsampling its own chroma, so neither the full-size chroma nor (with ``dtype`` uint8, which
+    rounds to 8 bits) a float copy of a 100-megapixel output ever exists.
     """
     height, width = lightness_.shape
-    if ab.shape[-2] > height:  # a small input colourised at a larger working size: shrink with antialiasing
-        ab = F.interpolate(ab[None].float(), size=(height, ab.shape[-1]), mode="bilinear", antialias=True)[0]
-    source_rows = ab.shape[-2]
+    ab = ab.float()
+    if ab.shape[-2] > height or ab.shape[-1] > width:  # a small input colourised at a larger working size
+        size = (min(ab.shape[-2], height), min(ab.shape[-1], width))
+        ab = F.interpolate(ab[None], size=size, mode="bilinear", antialias=True)[0]
     # f(X) and f(Z) are f(Y) + a*/500 and f(Y) − b*/200: offsets that interpolate as a*, b* do, made at low size.
-    offsets = _upsample_columns(ab.float() * torch.tensor([1 / 500, -1 / 200], device=ab.device)[:, None, None], width)
+    offsets = ab * torch.tensor([1 / 500, -1 / 200], device=ab.device)[:, None, None]
+    source_h, source_w = offsets.shape[-2:]
     out = torch.empty(height, width, 3, dtype=dtype, device=lightness_.device)
-    for rows in _blocks(height, width):
-        if source_rows == height:
-            dx, dz = offsets[0, rows].reshape(-1), offsets[1, rows].reshape(-1)
-        else:
-            below, above, weight = _row_weights(rows, source_rows, height, offsets.device)
-            dx, dz = (torch.lerp(offsets[c, below], offsets[c, above], weight).reshape(-1) for c in range(2))
-        fy = lightness_[rows].reshape(-1).add(16).div_(116)
+    for rows, columns in _tiles(height, width):
+        left, right, across = _axis_weights(columns, source_w, width, offsets.device)
+        top, bottom, down = _axis_weights(rows, source_h, height, offsets.device)
+        tile = torch.lerp(offsets[:, :, left], offsets[:, :, right], across)
+        tile = torch.lerp(tile[:, top], tile[:, bottom], down[:, None])
+        dx, dz = tile[0].reshape(-1), tile[1].reshape(-1)
+        fy = lightness_[rows, columns].reshape(-1).add(16).div_(116)
         luminance = _lab_f_inverse(fy)
         linear = _linear_rgb(fy, luminance, dx, dz)
         outside = _outside(linear).nonzero().squeeze(1)  # indices once: each boolean mask would search again
@@ -224,7 +223,7 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
         srgb = _linear_to_srgb(linear.clamp_(0, 1))
         if dtype == torch.uint8:
             srgb = srgb.mul_(255).round_()
-        out[rows] = srgb.view(3, rows.stop - rows.start, width).permute(1, 2, 0)
+        out[rows, columns] = srgb.view(3, rows.stop - rows.start, columns.stop - columns.start).permute(1, 2, 0)
     return out
 
 

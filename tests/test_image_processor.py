@@ -122,14 +122,28 @@ def test_output_types_agree(processor, astronaut):
     np.testing.assert_array_equal(np.asarray(pil), np.round(as_np[0] * 255).astype(np.uint8))
 
 
-def test_blockwise_upsampling_is_bilinear_upsampling(monkeypatch):
-    """The chroma is upsampled a block of rows at a time: the same as F.interpolate's bilinear of the whole."""
-    monkeypatch.setattr(luminance_module, "_BLOCK_PIXELS", 999)  # blocks of 3 rows
+@pytest.mark.parametrize("block", [999, 100])  # tiles of 3 whole rows; tiles of 100 pixels of one row
+def test_tiled_upsampling_is_bilinear_upsampling(monkeypatch, block):
+    """The chroma is upsampled one tile at a time: the same as F.interpolate's bilinear of the whole."""
+    monkeypatch.setattr(luminance_module, "_BLOCK_PIXELS", block)
     rng = np.random.default_rng(0)
     lightness = torch.from_numpy(rng.uniform(20, 80, (120, 333)).astype(np.float32))
     ab = torch.from_numpy(rng.uniform(-15, 15, (2, 13, 37)).astype(np.float32))
     whole = F.interpolate(ab[None], size=(120, 333), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(compose(lightness, ab), compose(lightness, whole), atol=2e-5, rtol=0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (120, 333, 3), dtype=np.uint8))
+    np.testing.assert_allclose(luminance_module.lightness(pixels).numpy(), rgb2lab(pixels.numpy())[..., 0], atol=1e-3)
+
+
+def test_a_one_pixel_high_strip_is_colourised_with_its_lightness(processor, monkeypatch):
+    """An extreme aspect (a legal PNG can be 1 pixel high): tiles split the row, the gray is averaged down first."""
+    monkeypatch.setattr(luminance_module, "_BLOCK_PIXELS", 4096)
+    strip = np.asarray(PIL.Image.fromarray(data.coffee()).resize((20_000, 1)))
+    images = processor.preprocess([strip], [None])
+    assert images.gray.shape == (1, 1, 16, 64)
+    (result,) = processor.postprocess(photo_colours((64, 16)), images.lightness, "np")
+    error = np.abs(rgb2lab(result)[..., 0] - rgb2lab(strip)[..., 0])
+    assert result.shape == (1, 20_000, 3) and error.mean() < 0.5
 
 
 def test_small_inputs_get_the_working_size_chroma_shrunk(processor):
