@@ -23,7 +23,6 @@ import torch
 
 from edn_pipeline import EDNPipeline
 from edn_pipeline.files import IMAGE_SUFFIXES
-from edn_pipeline.luminance import gray_from_lightness, to_lightness
 from edn_pipeline.metrics import psnr, ssim
 
 
@@ -31,11 +30,11 @@ from edn_pipeline.metrics import psnr, ssim
 def load(path: Path, pipe: EDNPipeline) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """The photo at the working size (uint8), as VAE input in [-1, 1], and its grayscale in [-1, 1]."""
     with PIL.Image.open(path) as image:
-        photo = image.convert("RGB")
-    size = pipe.working_size(*photo.size)
-    photo = np.array(photo.resize(size, PIL.Image.Resampling.BICUBIC))
+        original = image.convert("RGB")
+    size = pipe.working_size(*original.size)
+    photo = np.array(original.resize(size, PIL.Image.Resampling.BICUBIC))
     pixels = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 127.5 - 1
-    gray = torch.from_numpy(gray_from_lightness(to_lightness(photo)))[None, None] * 2 - 1
+    gray = pipe.image_processor.preprocess([original], [None]).gray * 2 - 1  # as the pipeline sees the photo
     return photo, pixels, gray
 
 
