@@ -35,8 +35,11 @@ from edn_pipeline.training_data import (
 def throughput(dataset, transform, workers: int, batch_size: int, batches: int) -> tuple[float, int]:
     """(examples per second, examples timed) over ``batches`` batches after one warm-up batch."""
     loader = torch.utils.data.DataLoader(
-        with_training_transform(dataset, transform), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate_fn,
+        with_training_transform(dataset, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_fn,
     )
     iterator = iter(loader)
     next(iterator)  # warm-up: worker start-up, imports, first decode
@@ -54,8 +57,9 @@ def throughput(dataset, transform, workers: int, batch_size: int, batches: int) 
 
 def stage_times(dataset, transform, n: int) -> dict[str, float]:
     """Median seconds per example of each stage, in this process."""
-    stages: dict[str, list[float]] = {k: [] for k in ("decode", "crop+resize", "gray (L*)", "hints", "condition",
-                                                       "tokenize")}
+    stages: dict[str, list[float]] = {
+        k: [] for k in ("decode", "crop+resize", "gray (L*)", "hints", "condition", "tokenize")
+    }
     rng = np.random.default_rng(0)
     for i in range(n):
         image = dataset[i][transform.image_column]
@@ -72,8 +76,13 @@ def stage_times(dataset, transform, n: int) -> dict[str, float]:
         t4 = time.perf_counter()
         hint_condition(gray, hint_rgb, mask)
         t5 = time.perf_counter()
-        transform.tokenizer("colored photo", max_length=transform.tokenizer.model_max_length,
-                            padding="max_length", truncation=True, return_tensors="pt")
+        transform.tokenizer(
+            "colored photo",
+            max_length=transform.tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
         t6 = time.perf_counter()
         for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             stages[key].append(dt)
@@ -93,8 +102,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = load_image_dataset(data_dir=args.data, cache_dir=args.cache_dir or tmp)
         transform = TrainingExampleTransform(resolution=args.resolution, tokenizer=tiny_tokenizer(), seed=0)
-        print(f"{len(dataset)} images in {args.data}; resolution {args.resolution}; batch size {args.batch_size}; "
-              f"{args.batches} batches timed; {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}")
+        print(
+            f"{len(dataset)} images in {args.data}; resolution {args.resolution}; batch size {args.batch_size}; "
+            f"{args.batches} batches timed; {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}"
+        )
         print()
         print("| workers | examples timed | examples/s | examples/s/worker |")
         print("|---:|---:|---:|---:|")

@@ -26,7 +26,6 @@ from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.metrics import psnr, ssim
 
 
-
 def load(path: Path, pipe: EDNPipeline) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """The photo at the working size (uint8), as VAE input in [-1, 1], and its grayscale in [-1, 1]."""
     with PIL.Image.open(path) as image:
@@ -70,9 +69,11 @@ def main() -> None:
         "luminance-aware, refinement off": lambda z, g: pipe.decoder(z, g, text, vq_steps=0).sample,
     }
     if refiner:
-        decoders[f"luminance-aware, refinement on ({vq_steps} steps)"] = lambda z, g: pipe.decoder(
-            z, g, text, vq_steps=vq_steps, generator=torch.Generator(args.device).manual_seed(args.seed)
-        ).sample
+        decoders[f"luminance-aware, refinement on ({vq_steps} steps)"] = lambda z, g: (
+            pipe.decoder(
+                z, g, text, vq_steps=vq_steps, generator=torch.Generator(args.device).manual_seed(args.seed)
+            ).sample
+        )
     scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in decoders}
     with torch.no_grad():
         for path in paths:

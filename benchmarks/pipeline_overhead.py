@@ -58,8 +58,14 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
     controlnet = ControlNetModel.from_config(parts["ccd"].config)
     controlnet.load_state_dict(parts["ccd"].state_dict())
     reference = StableDiffusionControlNetPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        controlnet=controlnet, scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None,
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        controlnet=controlnet,
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     ).to(device)
     for pipe in (edn, reference):
@@ -98,21 +104,33 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
     post_s = median_seconds(lambda: processor.postprocess(decoded, inputs.lightness, "pil"), args.repeats)
     edn_s = median_seconds(lambda: run_edn(photo), args.repeats)
     reference_s = median_seconds(
-        lambda: reference(image=control, height=work_h, width=work_w, generator=torch.Generator().manual_seed(0),
-                          **common),
+        lambda: reference(
+            image=control, height=work_h, width=work_w, generator=torch.Generator().manual_seed(0), **common
+        ),
         args.repeats,
     )
     return {
-        "size": f"{width}x{height}", "megapixels": width * height / 1e6, "working": f"{work_w}x{work_h}",
-        "decode_s": decode_s, "pre_s": pre_s, "post_s": post_s, "edn_s": edn_s, "reference_s": reference_s,
-        "model_rss_mb": model_rss, "peak_rss_mb": peak_rss_mb(),
+        "size": f"{width}x{height}",
+        "megapixels": width * height / 1e6,
+        "working": f"{work_w}x{work_h}",
+        "decode_s": decode_s,
+        "pre_s": pre_s,
+        "post_s": post_s,
+        "edn_s": edn_s,
+        "reference_s": reference_s,
+        "model_rss_mb": model_rss,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda t: [parse_size(s) for s in t.split(",")],
-                        default="512x384,4000x3000,6000x4000", help="input sizes WIDTHxHEIGHT, comma-separated")
+    parser.add_argument(
+        "--sizes",
+        type=lambda t: [parse_size(s) for s in t.split(",")],
+        default="512x384,4000x3000,6000x4000",
+        help="input sizes WIDTHxHEIGHT, comma-separated",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sample-size", type=int, default=32, help="UNet latent size (working size = 2x)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -127,16 +145,22 @@ def main() -> None:
         with context.Pool(1) as pool:
             rows.append(pool.apply(measure, (size, args)))
 
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.steps} steps, CFG 5.0, "
-          f"{args.hints} hints, median of {args.repeats}")
-    print("| input | MP | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
-          "| peak RSS MB | beyond the model MB |")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.steps} steps, CFG 5.0, "
+        f"{args.hints} hints, median of {args.repeats}"
+    )
+    print(
+        "| input | MP | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
+        "| peak RSS MB | beyond the model MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_mp = (r["pre_s"] + r["post_s"]) / r["megapixels"] * 1e3
-        print(f"| {r['size']} | {r['megapixels']:.1f} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
-              f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |")
+        print(
+            f"| {r['size']} | {r['megapixels']:.1f} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
+            f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |"
+        )
     print(f"EDN wall time, largest / smallest input: {rows[-1]['edn_s'] / rows[0]['edn_s']:.2f}")
 
 

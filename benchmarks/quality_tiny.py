@@ -137,8 +137,12 @@ def colourise(pipe: EDNPipeline, args: argparse.Namespace, gray: np.ndarray, **k
     """One pipeline call, seeded the same for every row so that rows differ only in what they are given."""
     generator = torch.Generator().manual_seed(args.seed)
     image = pipe(
-        gray, num_inference_steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
-        generator=generator, **kwargs,
+        gray,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        strength=args.strength,
+        generator=generator,
+        **kwargs,
     )
     return np.array(image.images[0])
 
@@ -238,9 +242,15 @@ def evaluate(pipe, args, paths: list[Path]) -> tuple[dict, dict, float, list]:
         print(f"[{number + 1}/{len(paths)}] {path.parent.name}/{path.name}: {line}", flush=True)
         if number in grid_photos:
             hinted = points[: args.grid_hints]
-            grid.append([(gray, []), (outputs[edn_row(args.label, 0)], []),
-                         (outputs[edn_row(args.label, args.grid_hints)], hinted),
-                         (outputs[levin_row(args.grid_hints)], hinted), (photo, [])])
+            grid.append(
+                [
+                    (gray, []),
+                    (outputs[edn_row(args.label, 0)], []),
+                    (outputs[edn_row(args.label, args.grid_hints)], hinted),
+                    (outputs[levin_row(args.grid_hints)], hinted),
+                    (photo, []),
+                ]
+            )
     return scores, words, statistics.mean(truth), grid
 
 
@@ -249,8 +259,13 @@ def summarise_words(words: dict, generic: float) -> dict:
     named = statistics.mean(words["named"])
     per_term = {term: statistics.mean(moved) for term, moved in words["toward"].items()}
     overall = statistics.mean(m for moved in words["toward"].values() for m in moved)
-    return {"generic PSNR": generic, "named PSNR": named, "gain": named - generic, "toward": overall,
-            "toward per term": per_term}
+    return {
+        "generic PSNR": generic,
+        "named PSNR": named,
+        "gain": named - generic,
+        "toward": overall,
+        "toward per term": per_term,
+    }
 
 
 def check_targets(means: dict, words: dict | None, args) -> list[tuple[bool | None, str]]:
@@ -262,21 +277,34 @@ def check_targets(means: dict, words: dict | None, args) -> list[tuple[bool | No
     if 10 in edn:
         behind = [k for k in baseline if k >= 5 and edn[k] < baseline[k]]
         where = f"behind Levin at K={behind}" if behind else "not behind Levin at any K ≥ 5"
-        results.append((edn[10] >= baseline[10] + 0.5 and not behind,
-                        f"(1) {name} K=10 {edn[10]:.2f} dB vs Levin K=10 {baseline[10]:.2f} dB (need +0.5); {where}"))
+        results.append(
+            (
+                edn[10] >= baseline[10] + 0.5 and not behind,
+                f"(1) {name} K=10 {edn[10]:.2f} dB vs Levin K=10 {baseline[10]:.2f} dB (need +0.5); {where}",
+            )
+        )
         results.append((edn[10] - edn[0] >= 3, f"(2) {name} K=10 − K=0 = {edn[10] - edn[0]:+.2f} dB (need +3)"))
     else:
         results += [(None, f"({n}) not measured: K=10 is not in --hint-counts") for n in (1, 2)]
     colourful = means[edn_row(name, 0)]["colourfulness"]
-    results.append((edn[0] >= floor and colourful >= 20, f"(3) {name} K=0 {edn[0]:.2f} dB vs gray floor {floor:.2f} "
-                    f"dB, colourfulness {colourful:.2f} (need 20)"))
+    results.append(
+        (
+            edn[0] >= floor and colourful >= 20,
+            f"(3) {name} K=0 {edn[0]:.2f} dB vs gray floor {floor:.2f} dB, colourfulness {colourful:.2f} (need 20)",
+        )
+    )
     results.append((ceiling >= 32, f"(4) latent ceiling {ceiling:.2f} dB (need 32)"))
     if words is None:
         results.append((None, "(5) not measured: --skip-words"))
     else:
-        results.append((words["gain"] >= 0.5 and words["toward"] >= 0.8, f"(5) naming the colours "
-                        f"{words['gain']:+.2f} dB (need +0.5), {words['toward']:.0%} of pairs move toward the "
-                        "named colour (need 80%)"))
+        results.append(
+            (
+                words["gain"] >= 0.5 and words["toward"] >= 0.8,
+                f"(5) naming the colours "
+                f"{words['gain']:+.2f} dB (need +0.5), {words['toward']:.0%} of pairs move toward the "
+                "named colour (need 80%)",
+            )
+        )
     return results
 
 
@@ -293,9 +321,11 @@ def print_report(means: dict, words: dict | None, targets: list, truth: float, a
         cells = ("—", "—") if baseline is None else (f"{baseline:.2f}", f"{edn - baseline:+.2f}")
         print(f"| {count} | {edn:.2f} | {cells[0]} | {cells[1]} |")
     if words is not None:
-        print(f"\ncolour words, no hints: generic prompt {words['generic PSNR']:.2f} dB, prompt naming the photo's "
-              f"colours {words['named PSNR']:.2f} dB ({words['gain']:+.2f} dB); \"{SUBJECT}, mostly <term>\" moves "
-              f"the mean a*b* toward the term in {words['toward']:.0%} of (photo, term) pairs")
+        print(
+            f"\ncolour words, no hints: generic prompt {words['generic PSNR']:.2f} dB, prompt naming the photo's "
+            f'colours {words["named PSNR"]:.2f} dB ({words["gain"]:+.2f} dB); "{SUBJECT}, mostly <term>" moves '
+            f"the mean a*b* toward the term in {words['toward']:.0%} of (photo, term) pairs"
+        )
         print("\n| term | share that moves toward it |\n|---|---|")
         for term, share in words["toward per term"].items():
             print(f"| {term} | {share:.0%} |")
@@ -315,8 +345,9 @@ def print_timings(stages: list[dict]) -> None:
     print("\n| stage | steps × batch | wall time (h:mm) | samples/s |\n|---|---|---|---|")
     for stage in stages:
         rate = stage["steps"] * stage["batch_size"] / stage["seconds"]
-        print(f"| {stage['stage']} | {stage['steps']} × {stage['batch_size']} | {clock(stage['seconds'])} | "
-              f"{rate:.1f} |")
+        print(
+            f"| {stage['stage']} | {stage['steps']} × {stage['batch_size']} | {clock(stage['seconds'])} | {rate:.1f} |"
+        )
     print(f"\ntraining recipe wall time {clock(sum(stage['seconds'] for stage in stages))} (h:mm)")
 
 
@@ -387,12 +418,17 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     paths = held_out_photos(args.data)
     strength = args.strength or pipe.config.default_strength
-    print(f"{len(paths)} held-out photos from {args.data} (longer side <= {args.max_side}); model {args.model}, "
-          f"{args.steps} steps, strength {strength}, guidance {args.guidance}, seed {args.seed}", flush=True)
+    print(
+        f"{len(paths)} held-out photos from {args.data} (longer side <= {args.max_side}); model {args.model}, "
+        f"{args.steps} steps, strength {strength}, guidance {args.guidance}, seed {args.seed}",
+        flush=True,
+    )
 
     scores, words, truth, grid = evaluate(pipe, args, paths)
-    means = {row: {metric: statistics.mean(values) for metric, values in row_scores.items()}
-             for row, row_scores in scores.items()}
+    means = {
+        row: {metric: statistics.mean(values) for metric, values in row_scores.items()}
+        for row, row_scores in scores.items()
+    }
     generic = means[edn_row(args.label, 0)]["PSNR"]
     words = None if args.skip_words else summarise_words(words, generic)
     targets = check_targets(means, words, args)
@@ -401,19 +437,30 @@ def main() -> None:
         print_timings(stages)
     if args.json is not None:
         settings = {key: getattr(args, key) for key in ("steps", "guidance", "seed", "max_side", "hint_radius")}
-        write_json(args.json, {
-            "photos": len(paths), "data": str(args.data), "model": args.model, "strength": strength, **settings,
-            "rows": means, "ground-truth colourfulness": truth, "words": words,
-            "targets": [{"holds": holds, "target": text} for holds, text in targets],
-        })
+        write_json(
+            args.json,
+            {
+                "photos": len(paths),
+                "data": str(args.data),
+                "model": args.model,
+                "strength": strength,
+                **settings,
+                "rows": means,
+                "ground-truth colourfulness": truth,
+                "words": words,
+                "targets": [{"holds": holds, "target": text} for holds, text in targets],
+            },
+        )
         print(f"\nwrote {args.json}")
     if args.curve is not None:
         save_curve(means, args, paths)
         print(f"wrote {args.curve}")
     if args.grid is not None:
         save_grid(grid, args.grid, args.grid_height)
-        print(f"wrote {args.grid}: columns grayscale input, {args.label} K=0, {args.label} K={args.grid_hints} and "
-              f"Levin K={args.grid_hints} (hints circled), original")
+        print(
+            f"wrote {args.grid}: columns grayscale input, {args.label} K=0, {args.label} K={args.grid_hints} and "
+            f"Levin K={args.grid_hints} (hints circled), original"
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ channels: grayscale, propagated hint colours and the hint mask, see :mod:`edn_pi
 import math
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
-from diffusers import ModelMixin  # noqa: F401  model_index.json names this module; diffusers finds the loader here
+from diffusers import (
+    ControlNetModel,
+    ModelMixin,  # noqa: F401  model_index.json names this module; diffusers finds the loader here
+    UNet2DConditionModel,
+)
 
 from .hints import CONDITION_CHANNELS
 

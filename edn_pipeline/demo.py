@@ -356,7 +356,11 @@ def build_demo(
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="edn-steps")
                     strength = gr.Slider(
-                        0.05, 1, value=pipe.config.default_strength, step=0.05, label="Strength",
+                        0.05,
+                        1,
+                        value=pipe.config.default_strength,
+                        step=0.05,
+                        label="Strength",
                         elem_id="edn-strength",
                     )
                     guidance = gr.Slider(

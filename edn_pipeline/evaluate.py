@@ -249,7 +249,11 @@ def check_value(name: str, value):
     }
     if not (math.isfinite(converted) and in_range[name]):
         bounds = {
-            "temperature": "> 0", "guidance": ">= 0", "steps": ">= 1", "vq_steps": ">= 0", "strength": "in (0, 1]"
+            "temperature": "> 0",
+            "guidance": ">= 0",
+            "steps": ">= 1",
+            "vq_steps": ">= 0",
+            "strength": "in (0, 1]",
         }
         raise EDNInputError(f"{name} must be a finite number {bounds[name]}, got {value!r}")
     return converted
@@ -575,11 +579,7 @@ def _evaluate(args: argparse.Namespace, device: str, scoring: bool) -> tuple[str
         )
         markdown, data = folders_markdown(result), result
     else:
-        missing = [
-            flag
-            for flag, value in (("--data", args.data), ("--sweep", args.sweep))
-            if not value
-        ]
+        missing = [flag for flag, value in (("--data", args.data), ("--sweep", args.sweep)) if not value]
         if missing:
             raise CLIError(f"a sweep needs {', '.join(missing)}")
         names = [name for name, _ in args.sweep]
@@ -622,7 +622,7 @@ def _evaluate(args: argparse.Namespace, device: str, scoring: bool) -> tuple[str
             "data": args.data,
             "seed": args.seed,
             "limit": args.limit,
-            "defaults": {k: v for k, v in base.items()},
+            "defaults": dict(base),
             "rows": rows,
             "table4": summary,
         }

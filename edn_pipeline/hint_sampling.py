@@ -145,7 +145,9 @@ def sample_training_hints(
     if rng.random() < point_hint_prob:
         count = int(np.exp(rng.uniform(0.0, np.log(max_points + 1))))
         xs, ys = rng.integers(0, w, count), rng.integers(0, h, count)
-        points = [HintPoint(x + 0.5, y + 0.5, tuple(int(c) for c in np.round(rgb[y, x] * 255))) for x, y in zip(xs, ys)]
+        points = [
+            HintPoint(x + 0.5, y + 0.5, tuple(int(c) for c in np.round(rgb[y, x] * 255))) for x, y in zip(xs, ys)
+        ]
         seed, seed_rgb = point_seeds(points, (w, h), (w, h))
         return propagate_hints(gray, seed, seed_rgb)
 

@@ -71,9 +71,7 @@ def parse_hints(hints, image_size: tuple[int, int]) -> list[HintPoint] | np.ndar
         if not hints:
             return None
         return [_parse_point(i, h, image_size) for i, h in enumerate(hints)]
-    raise EDNInputError(
-        f"hints must be a list of points or an RGBA hint image, got {type(hints).__name__}"
-    )
+    raise EDNInputError(f"hints must be a list of points or an RGBA hint image, got {type(hints).__name__}")
 
 
 def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +157,7 @@ def hint_condition(gray: np.ndarray, hint_rgb: np.ndarray, mask: np.ndarray) -> 
     mask = np.asarray(mask, dtype=np.float32)
     if gray.ndim != 2 or hint_rgb.shape != gray.shape + (3,) or mask.shape != gray.shape:
         raise ValueError(
-            f"expected gray (h, w), hint_rgb (h, w, 3), mask (h, w); got "
-            f"{gray.shape}, {hint_rgb.shape}, {mask.shape}"
+            f"expected gray (h, w), hint_rgb (h, w, 3), mask (h, w); got {gray.shape}, {hint_rgb.shape}, {mask.shape}"
         )
     return np.concatenate([np.repeat(gray[..., None], 3, axis=-1), hint_rgb, mask[..., None]], axis=-1)
 
@@ -233,9 +230,7 @@ def _parse_colour(index: int, colour) -> tuple[int, int, int]:
             if not 0 <= c <= 255:
                 raise EDNInputError(f"hint {index}: colour channel {int(c)} is outside 0..255")
         return tuple(int(c) for c in colour)
-    raise EDNInputError(
-        f"hint {index}: colour must be a colour string or three integers 0..255, got {colour!r}"
-    )
+    raise EDNInputError(f"hint {index}: colour must be a colour string or three integers 0..255, got {colour!r}")
 
 
 def _pil_to_rgba(image: Image.Image) -> np.ndarray:
@@ -261,17 +256,16 @@ def _parse_hint_image(array: np.ndarray, image_size: tuple[int, int]) -> np.ndar
         )
     height, width = array.shape[:2]
     if (width, height) != tuple(image_size):
-        raise EDNInputError(
-            f"hint image is {width}×{height} but the input image is {image_size[0]}×{image_size[1]}"
-        )
+        raise EDNInputError(f"hint image is {width}×{height} but the input image is {image_size[0]}×{image_size[1]}")
     return array.copy()
 
 
 # --- rendering ---------------------------------------------------------------
 
 
-def point_seeds(points: list[HintPoint], image_size: tuple[int, int],
-                       work_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def point_seeds(
+    points: list[HintPoint], image_size: tuple[int, int], work_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise each point as a disk (an ellipse if the aspect changes).
 
     Later points paint over earlier ones where disks overlap.

@@ -81,7 +81,12 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
 
             unknown = "not recorded"
             render_model_card(
-                repo_id=out_dir.name, base_model=None, stage=unknown, training_data=unknown, hyperparameters={},
-                steps=unknown, hardware=unknown,
+                repo_id=out_dir.name,
+                base_model=None,
+                stage=unknown,
+                training_data=unknown,
+                hyperparameters={},
+                steps=unknown,
+                hardware=unknown,
             ).save(staging / "README.md")
     return out_dir

@@ -49,9 +49,7 @@ def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tenso
     return F.mse_loss(noise_pred, noise)
 
 
-def predicted_x0(
-    x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod_t: torch.Tensor | float
-) -> torch.Tensor:
+def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod_t: torch.Tensor | float) -> torch.Tensor:
     """Eq. 3: the clean sample implied by a noise prediction, x̃_0 = (x_t − sqrt(1 − ᾱ_t)·ε) / sqrt(ᾱ_t).
 
     The paper writes α_t in the denominator; the forward process x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε is

@@ -277,8 +277,7 @@ def compose_with_lightness(lightness_: np.ndarray, ab: np.ndarray) -> np.ndarray
     lightness_ = _checked_lightness(lightness_)
     if not isinstance(ab, np.ndarray) or ab.shape != lightness_.shape + (2,):
         raise EDNInputError(
-            f"ab must have shape {lightness_.shape + (2,)} to match lightness, "
-            f"got {_describe_shape(ab)}"
+            f"ab must have shape {lightness_.shape + (2,)} to match lightness, got {_describe_shape(ab)}"
         )
     if ab.dtype.kind not in "fiu" or not np.isfinite(ab).all():
         raise EDNInputError("ab must be finite real numbers")
@@ -373,29 +372,25 @@ def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
     """Channels-first tensor -> channels-last numpy array, keeping uint8/bool as is."""
     shape = tuple(tensor.shape)
     if not (len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3, 4))):
-        raise EDNInputError(
-            "expected a tensor of shape (H, W), (1, H, W), (3, H, W) or (4, H, W), "
-            f"got shape {shape}"
-        )
+        raise EDNInputError(f"expected a tensor of shape (H, W), (1, H, W), (3, H, W) or (4, H, W), got shape {shape}")
     if tensor.layout != torch.strided or tensor.is_meta:
-        raise EDNInputError(f"expected a dense tensor with pixel data, got a {tensor.layout} tensor on {tensor.device}")
+        raise EDNInputError(
+            f"expected a dense tensor with pixel data, got a {tensor.layout} tensor on {tensor.device}"
+        )
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point():
         array = tensor.float().numpy()
     elif tensor.dtype in (torch.uint8, torch.bool):
         array = tensor.numpy()
     else:
-        raise EDNInputError(
-            f"unsupported tensor dtype {tensor.dtype}; expected float in [0, 1] or uint8"
-        )
+        raise EDNInputError(f"unsupported tensor dtype {tensor.dtype}; expected float in [0, 1] or uint8")
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
 
 
 def _pixels_from_array(pixels: np.ndarray) -> torch.Tensor:
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
         raise EDNInputError(
-            "expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-            f"got shape {pixels.shape}"
+            f"expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {pixels.shape}"
         )
     _check_not_empty(pixels.shape)
     if pixels.ndim == 2:
@@ -418,10 +413,7 @@ def _tensor_of(pixels: np.ndarray) -> torch.Tensor:
     elif pixels.dtype.kind == "b":
         pixels = pixels.astype(np.uint8) * np.uint8(255)
     if pixels.dtype.kind not in "fu" or (pixels.dtype.kind == "u" and pixels.dtype.itemsize != 1):
-        raise EDNInputError(
-            f"unsupported pixel type {pixels.dtype}; expected uint8, uint16, bool "
-            "or float in [0, 1]"
-        )
+        raise EDNInputError(f"unsupported pixel type {pixels.dtype}; expected uint8, uint16, bool or float in [0, 1]")
     if not pixels.flags.writeable:  # e.g. np.asarray of a PIL image: torch tensors may not alias read-only memory
         pixels = pixels.copy()
     return torch.from_numpy(np.ascontiguousarray(pixels))
@@ -436,9 +428,7 @@ def _unit_float(pixels: torch.Tensor) -> torch.Tensor:
         raise EDNInputError("image contains NaN or infinite values")
     low, high = float(values.min()), float(values.max())
     if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
-        raise EDNInputError(
-            f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]"
-        )
+        raise EDNInputError(f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
     return values.clamp(0.0, 1.0)
 
 

@@ -119,7 +119,9 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     ):
         super().__init__()
         if use_refiner and not (use_quantizer and use_gray_encoder):
-            raise ValueError("use_refiner needs use_quantizer (it refines tokens) and use_gray_encoder (its condition)")
+            raise ValueError(
+                "use_refiner needs use_quantizer (it refines tokens) and use_gray_encoder (its condition)"
+            )
         if not 0 <= vq_inference_steps <= vq_num_train_timesteps:
             raise ValueError(f"vq_inference_steps must be in [0, {vq_num_train_timesteps}], got {vq_inference_steps}")
         self.use_slicing = False
@@ -269,7 +271,12 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> DecoderOutput | tuple[torch.Tensor]:
         if self.gray_encoder is not None:
-            expected = (latents.shape[0], 1, latents.shape[2] * self.scale_factor, latents.shape[3] * self.scale_factor)
+            expected = (
+                latents.shape[0],
+                1,
+                latents.shape[2] * self.scale_factor,
+                latents.shape[3] * self.scale_factor,
+            )
             if gray is None or tuple(gray.shape) != expected:
                 got = None if gray is None else tuple(gray.shape)
                 raise ValueError(f"LuminanceDecoder needs a grayscale image of shape {expected}, got {got}")
@@ -303,6 +310,8 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             quantized = self.quantize(latents)
             latents = quantized.latents
             if steps > 0:
-                tokens = self.refine(quantized.tokens, gray_features, encoder_hidden_states, steps, temperature, generator)
+                tokens = self.refine(
+                    quantized.tokens, gray_features, encoder_hidden_states, steps, temperature, generator
+                )
                 latents = self.quantizer.get_codebook_entry(tokens.flatten(), (*tokens.shape, latents.shape[1]))
         return self.decode_quantized(latents, gray_features)

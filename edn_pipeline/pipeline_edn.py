@@ -62,7 +62,9 @@ def _check_tensor(name: str, tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise EDNInputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.layout != torch.strided or tensor.is_meta:
-        raise EDNInputError(f"{name} must be a dense tensor with data, got a {tensor.layout} tensor on {tensor.device}")
+        raise EDNInputError(
+            f"{name} must be a dense tensor with data, got a {tensor.layout} tensor on {tensor.device}"
+        )
     if not torch.isfinite(tensor).all():
         raise EDNInputError(f"{name} contains NaN or infinite values")
 
@@ -295,8 +297,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if clip_skip is not None:
             layers = self.text_encoder.config.num_hidden_layers
             if not _is_integer(clip_skip) or not 0 <= clip_skip < layers:
-                raise EDNInputError(f"clip_skip must be an integer from 0 to {layers - 1} (the text encoder has "
-                                    f"{layers} layers), got {clip_skip!r}")
+                raise EDNInputError(
+                    f"clip_skip must be an integer from 0 to {layers - 1} (the text encoder has "
+                    f"{layers} layers), got {clip_skip!r}"
+                )
         if vq_steps is not None:
             limit = self.decoder.config.vq_num_train_timesteps if self.decoder.refiner is not None else 0
             if not _is_integer(vq_steps) or not 0 <= vq_steps <= limit:
@@ -306,9 +310,14 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             raise EDNInputError(f"temperature must be a finite number > 0, got {temperature!r}")
         generators = generator if isinstance(generator, list) else [generator]
         if not all(g is None or isinstance(g, torch.Generator) for g in generators):
-            raise EDNInputError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
-        for name, tensor in (("latents", latents), ("prompt_embeds", prompt_embeds),
-                             ("negative_prompt_embeds", negative_prompt_embeds)):
+            raise EDNInputError(
+                f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}"
+            )
+        for name, tensor in (
+            ("latents", latents),
+            ("prompt_embeds", prompt_embeds),
+            ("negative_prompt_embeds", negative_prompt_embeds),
+        ):
             _check_tensor(name, tensor)
         if output_type not in OUTPUT_TYPES:
             raise EDNInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -321,8 +330,10 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise EDNInputError("give either negative_prompt or negative_prompt_embeds, not both")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if value is not None and not isinstance(value, str) and not (
-                isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value)
+            if (
+                value is not None
+                and not isinstance(value, str)
+                and not (isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value))
             ):
                 raise EDNInputError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
             for text in [value] if isinstance(value, str) else value or []:
@@ -333,8 +344,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if prompt_embeds is not None:
             width = self.text_encoder.config.hidden_size
             if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != width:
-                raise EDNInputError(f"prompt_embeds must have shape (batch, tokens, {width}), got "
-                                    f"{tuple(prompt_embeds.shape)}")
+                raise EDNInputError(
+                    f"prompt_embeds must have shape (batch, tokens, {width}), got {tuple(prompt_embeds.shape)}"
+                )
         if prompt_embeds is not None and negative_prompt_embeds is not None:
             if prompt_embeds.shape != negative_prompt_embeds.shape:
                 raise EDNInputError(
@@ -599,7 +611,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 1. Check inputs
         images = _as_image_list(image)
-        is_batch = isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4)
+        is_batch = isinstance(image, (list, tuple)) or (
+            isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4
+        )
         if is_batch and hints is not None and not isinstance(hints, (list, tuple)):
             raise EDNInputError("for a batch of images, hints must be a list with one entry per image")
         per_image_hints = list(hints) if is_batch and hints is not None else None
@@ -641,7 +655,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         # 3. Encode the prompt
         if prompt_embeds is None:
             prompts = DEFAULT_PROMPT if prompt is None else prompt
-            prompts = [prompts] * batch_size if isinstance(prompts, str) else list(prompts) * (batch_size // len(prompts))
+            prompts = (
+                [prompts] * batch_size if isinstance(prompts, str) else list(prompts) * (batch_size // len(prompts))
+            )
         else:
             prompts = None
         if isinstance(negative_prompt, (list, tuple)):

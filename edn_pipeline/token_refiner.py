@@ -36,7 +36,9 @@ class TokenRefiner(nn.Module):
         # Added before every block; diffusers' AdaLayerNorm would need one timestep for the whole batch.
         self.time_embedding = nn.Embedding(num_timesteps, dim)
         self.blocks = nn.ModuleList(
-            BasicTransformerBlock(dim, num_heads, dim // num_heads, cross_attention_dim=cross_attention_dim, attention_bias=True)
+            BasicTransformerBlock(
+                dim, num_heads, dim // num_heads, cross_attention_dim=cross_attention_dim, attention_bias=True
+            )
             for _ in range(num_layers)
         )
         self.norm_out = nn.LayerNorm(dim)

@@ -52,7 +52,11 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     if stage is None:
         add("--stage", choices=STAGES, required=True, help="what to train (see the module docstring)")
     add("--pretrained_model_name_or_path", required=True, help="an SD v1.x checkpoint or an EDN pipeline")
-    add("--controlnet_model_name_or_path", default=None, help="start the CCD from this ControlNet (3-channel condition)")
+    add(
+        "--controlnet_model_name_or_path",
+        default=None,
+        help="start the CCD from this ControlNet (3-channel condition)",
+    )
     add("--revision", default=None)
     add("--variant", default=None)
     add("--output_dir", default="edn-model")
@@ -69,12 +73,20 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--random_crop", action="store_true", help="random instead of centre crops")
     add("--hint_ratio", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"))
     add("--no_hint_prob", type=float, default=0.1, help="share of examples trained without hints")
-    add("--point_hint_prob", type=float, default=0.5,
-        help="share of hinted examples given points (as users click) instead of the paper's superpixel regions")
+    add(
+        "--point_hint_prob",
+        type=float,
+        default=0.5,
+        help="share of hinted examples given points (as users click) instead of the paper's superpixel regions",
+    )
     add("--max_hint_points", type=int, default=50, help="most points of a point-hinted example")
     add("--generic_prompt_prob", type=float, default=0.5, help="chance a caption becomes a generic prompt")
-    add("--proportion_empty_prompts", type=float, default=0.0,
-        help="share of examples trained with the empty prompt, the unconditional branch of classifier-free guidance")
+    add(
+        "--proportion_empty_prompts",
+        type=float,
+        default=0.0,
+        help="share of examples trained with the empty prompt, the unconditional branch of classifier-free guidance",
+    )
     add("--dataloader_num_workers", type=int, default=0)
     # decoder architecture when the starting model has no VQ stage
     add("--decoder_vq", action="store_true", help="give the decoder its quantiser and token refiner")
@@ -106,14 +118,22 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
     add("--kl_weight", type=float, default=1e-6, help="KL weight of the vae stage")
-    add("--vae_decoder", choices=("kl", "luminance"), default="kl",
-        help="vae stage: train the encoder with the VAE's own decoder, or with the luminance-aware decoder")
+    add(
+        "--vae_decoder",
+        choices=("kl", "luminance"),
+        default="kl",
+        help="vae stage: train the encoder with the VAE's own decoder, or with the luminance-aware decoder",
+    )
     add("--chroma_weight", type=float, default=0.0, help="vae stage: weight of the L1 on CIE a*b* (units of 100)")
     add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
-    add("--ccd_condition_init", choices=("keep", "random"), default="keep",
-        help="random: restart the CCD's condition input from PyTorch's default initialisation instead of zero")
+    add(
+        "--ccd_condition_init",
+        choices=("keep", "random"),
+        default="keep",
+        help="random: restart the CCD's condition input from PyTorch's default initialisation instead of zero",
+    )
     # checkpoints, logging, validation, hub
     add("--checkpointing_steps", type=int, default=500)
     add("--checkpoints_total_limit", type=int, default=None)
@@ -436,7 +456,7 @@ def step_generator(seed: int, epoch: int, step: int, process: int, device) -> to
 
 
 def checkpoint_step(name: str) -> int | None:
-    suffix = name[len(CHECKPOINT_PREFIX):]
+    suffix = name[len(CHECKPOINT_PREFIX) :]
     return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
 
@@ -583,9 +603,26 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
     hyperparameters = {
         key: getattr(args, key)
         for key in (
-            "stage", "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
-            "max_train_steps", "mixed_precision", "lambda_ccd", "lambda_vq", "hint_ratio", "no_hint_prob",
-            "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts", "train_unet_lora", "train_unet", "ccd_condition_init", "use_ema", "seed",
+            "stage",
+            "resolution",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_scheduler",
+            "max_train_steps",
+            "mixed_precision",
+            "lambda_ccd",
+            "lambda_vq",
+            "hint_ratio",
+            "no_hint_prob",
+            "point_hint_prob",
+            "generic_prompt_prob",
+            "proportion_empty_prompts",
+            "train_unet_lora",
+            "train_unet",
+            "ccd_condition_init",
+            "use_ema",
+            "seed",
         )
     }
     data = args.training_data_description or args.dataset_name or f"image folder `{Path(args.train_data_dir).name}`"
@@ -686,7 +723,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     ema = {}
     if args.use_ema:  # model_cls and model_config let EMAModel save itself in diffusers' format
         ema = {
-            name: EMAModel(module.parameters(), decay=args.ema_decay, model_cls=type(module), model_config=module.config)
+            name: EMAModel(
+                module.parameters(), decay=args.ema_decay, model_cls=type(module), model_config=module.config
+            )
             for name, module in trained.items()
         }
     register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
@@ -730,7 +769,11 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     )
     if args.streaming and args.max_train_steps is None:
         raise SystemExit("edn training: --streaming needs --max_train_steps (a stream has no length)")
-    updates_per_epoch = None if args.streaming else math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    updates_per_epoch = (
+        None
+        if args.streaming
+        else math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    )
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
     lr_scheduler = get_scheduler(
@@ -778,7 +821,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
             else:
                 resume_batches = global_step * args.gradient_accumulation_steps
 
-    log.info(f"Training stage {args.stage}: {args.max_train_steps} steps, {sum(p.numel() for p in parameters):,} trained parameters")
+    log.info(
+        f"Training stage {args.stage}: {args.max_train_steps} steps, {sum(p.numel() for p in parameters):,} trained parameters"
+    )
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
@@ -827,7 +872,10 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
 
     accelerator.wait_for_everyone()
     checksum = sum(float(p.detach().double().sum()) for p in parameters)
-    log.info(f"process {accelerator.process_index}: {examples_seen} examples, trained-weight checksum {checksum:.10e}", main_process_only=False)
+    log.info(
+        f"process {accelerator.process_index}: {examples_seen} examples, trained-weight checksum {checksum:.10e}",
+        main_process_only=False,
+    )
     if accelerator.is_main_process:
         if skipped:
             log.warning(f"{skipped} unreadable images were skipped")

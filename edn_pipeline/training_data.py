@@ -139,8 +139,12 @@ def load_image_dataset(
     source = data_dir if data_dir is not None else repr(dataset_name)
     try:
         dataset = datasets.load_dataset(
-            path, name, split=split, streaming=streaming,
-            cache_dir=None if cache_dir is None else os.fspath(cache_dir), **kwargs,
+            path,
+            name,
+            split=split,
+            streaming=streaming,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            **kwargs,
         )
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError, ValueError) as exc:
         raise EDNInputError(f"could not load dataset {source}: {one_line(exc)}") from None
@@ -261,8 +265,12 @@ class TrainingExampleTransform:
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise EDNInputError(f"resolution must be a positive integer, got {resolution!r}")
         low, high = check_hint_options(
-            hint_ratio, max_hint_points=max_hint_points, no_hint_prob=no_hint_prob, point_hint_prob=point_hint_prob,
-            generic_prompt_prob=generic_prompt_prob, proportion_empty_prompts=proportion_empty_prompts,
+            hint_ratio,
+            max_hint_points=max_hint_points,
+            no_hint_prob=no_hint_prob,
+            point_hint_prob=point_hint_prob,
+            generic_prompt_prob=generic_prompt_prob,
+            proportion_empty_prompts=proportion_empty_prompts,
         )
         generic_prompts = tuple(generic_prompts)
         if not generic_prompts or not all(isinstance(p, str) and p.strip() for p in generic_prompts):
@@ -323,9 +331,15 @@ class TrainingExampleTransform:
         # The gray image exactly as inference makes it: the crop's L* at its own size, resized.
         gray = EDNImageProcessor.gray(lightness(read_pixels(crop)), (self.resolution,) * 2).numpy()
         hint_rgb, mask = sample_training_hints(
-            rgb, gray, hint_rng, hint_ratio=self.hint_ratio, no_hint_prob=self.no_hint_prob,
-            point_hint_prob=self.point_hint_prob, max_points=self.max_hint_points,
-            n_segments=self.n_segments, n_colors=self.n_colors,
+            rgb,
+            gray,
+            hint_rng,
+            hint_ratio=self.hint_ratio,
+            no_hint_prob=self.no_hint_prob,
+            point_hint_prob=self.point_hint_prob,
+            max_points=self.max_hint_points,
+            n_segments=self.n_segments,
+            n_colors=self.n_colors,
         )
         condition = hint_condition(gray, hint_rgb, mask)
 
@@ -345,7 +359,10 @@ class TrainingExampleTransform:
         }
         if self.tokenizer is not None:
             out["input_ids"] = self.tokenizer(
-                caption, max_length=self.tokenizer.model_max_length, padding="max_length", truncation=True,
+                caption,
+                max_length=self.tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
                 return_tensors="pt",
             ).input_ids[0]
         return out

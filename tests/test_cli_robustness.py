@@ -80,19 +80,42 @@ def bomb(fmt: str, width: int, height: int) -> bytes:
     if fmt == "WEBP":
         data = encoded("WEBP")
         return patched(data, data.index(b"\x9d\x01\x2a") + 3, "<HH", width, height)
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8), (278, 4, 1, height), (279, 4, 1, 0)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (278, 4, 1, height),
+        (279, 4, 1, 0),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + bytes(4)
     return b"II*\x00" + struct.pack("<I", 8) + ifd  # TIFF
 
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 BOMBS = [
-    ("PNG", 100_000, 100_000), ("PNG", 20_000, 20_000), ("PNG", 1, 100_000_001), ("PNG", 100_000_001, 1),
-    ("PNG", 10_001, 10_000), ("PNG", 65_535, 65_535), ("PNG", 2**31 - 1, 2**31 - 1), ("PNG", 2**31 - 1, 1),
-    ("PNG", 50_000, 2_001), ("PNG", 12_000, 9_000), ("BMP", 100_000, 100_000), ("BMP", 20_000, -20_000),
-    ("BMP", 10_001, 10_000), ("GIF", 65_535, 65_535), ("GIF", 65_535, 2_000), ("JPEG", 65_535, 65_535),
-    ("JPEG", 20_000, 6_000), ("WEBP", 16_383, 16_383), ("TIFF", 100_000, 100_000), ("TIFF", 1, 200_000_000),
+    ("PNG", 100_000, 100_000),
+    ("PNG", 20_000, 20_000),
+    ("PNG", 1, 100_000_001),
+    ("PNG", 100_000_001, 1),
+    ("PNG", 10_001, 10_000),
+    ("PNG", 65_535, 65_535),
+    ("PNG", 2**31 - 1, 2**31 - 1),
+    ("PNG", 2**31 - 1, 1),
+    ("PNG", 50_000, 2_001),
+    ("PNG", 12_000, 9_000),
+    ("BMP", 100_000, 100_000),
+    ("BMP", 20_000, -20_000),
+    ("BMP", 10_001, 10_000),
+    ("GIF", 65_535, 65_535),
+    ("GIF", 65_535, 2_000),
+    ("JPEG", 65_535, 65_535),
+    ("JPEG", 20_000, 6_000),
+    ("WEBP", 16_383, 16_383),
+    ("TIFF", 100_000, 100_000),
+    ("TIFF", 1, 200_000_000),
 ]
 NOT_IMAGES = {
     "pdf": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
@@ -146,8 +169,11 @@ def decode_failures() -> dict[str, bytes]:
     idat = png.index(b"IDAT")
     corrupt = bytearray(png)
     corrupt[idat + 10 : idat + 40] = bytes(30)
-    cases = {f"{fmt.lower()}-cut-at-{share}%": encoded(fmt)[: len(encoded(fmt)) * share // 100]
-             for fmt in ("PNG", "BMP", "TIFF") for share in (60, 90)}
+    cases = {
+        f"{fmt.lower()}-cut-at-{share}%": encoded(fmt)[: len(encoded(fmt)) * share // 100]
+        for fmt in ("PNG", "BMP", "TIFF")
+        for share in (60, 90)
+    }
     cases["png-without-pixel-data"] = png_header(10, 10)
     cases["png-corrupt-pixel-data"] = bytes(corrupt)
     cases["ppm-without-pixel-data"] = b"P6\n10 10\n255\n"
@@ -286,14 +312,34 @@ for case_id, argv, words in [
 ]:
     usage(case_id, argv, words)
 
-for number, (flag, value) in enumerate([
-    ("--sweep", "temperature"), ("--sweep", "temperature="), ("--sweep", "nope=1"), ("--sweep", "steps=1.5"),
-    ("--sweep", "steps=0"), ("--sweep", "strength=2"), ("--sweep", "guidance=-1"), ("--sweep", "temperature=0"),
-    ("--sweep", "steps=a,b"), ("--sweep", "=1"), ("--limit", "0"), ("--limit", "-1"), ("--limit", "x"),
-    ("--steps", "0"), ("--seed", "-1"), ("--seed", str(2**64)), ("--threads", "0"), ("--max-megapixels", "0"),
-    ("--max-megapixels", "nan"), ("--dtype", "float64"), ("--guidance", "abc"), ("--temperature", "abc"),
-    ("--vq-steps", "abc"), ("--strength", "abc"),
-]):
+for number, (flag, value) in enumerate(
+    [
+        ("--sweep", "temperature"),
+        ("--sweep", "temperature="),
+        ("--sweep", "nope=1"),
+        ("--sweep", "steps=1.5"),
+        ("--sweep", "steps=0"),
+        ("--sweep", "strength=2"),
+        ("--sweep", "guidance=-1"),
+        ("--sweep", "temperature=0"),
+        ("--sweep", "steps=a,b"),
+        ("--sweep", "=1"),
+        ("--limit", "0"),
+        ("--limit", "-1"),
+        ("--limit", "x"),
+        ("--steps", "0"),
+        ("--seed", "-1"),
+        ("--seed", str(2**64)),
+        ("--threads", "0"),
+        ("--max-megapixels", "0"),
+        ("--max-megapixels", "nan"),
+        ("--dtype", "float64"),
+        ("--guidance", "abc"),
+        ("--temperature", "abc"),
+        ("--vq-steps", "abc"),
+        ("--strength", "abc"),
+    ]
+):
     usage(f"evaluate{flag}-{number}", [*EVALUATE, flag, value], f"argument {flag}")
 
 # devices this machine lacks, and names that are no device
@@ -323,26 +369,46 @@ for case_id, inputs, words, build in [
     ("folder-of-text", ["notes"], "no images in folder notes", write("notes/a.txt", "hello")),
     ("folder-of-json", ["notes"], "no images in folder notes", write("notes/hints.json", "{}")),
     ("folder-with-a-folder-named-png", ["odd"], "no images in folder odd", folder("odd/x.png")),
-    ("folder-with-a-broken-link", ["links"], "no images in folder links",
-     steps(folder("links"), lambda root: (root / "links" / "x.png").symlink_to(root / "gone.png"))),
-    ("folder-whose-images-are-all-under-out", ["scans", "--out", "scans/out"], "no images in folder scans",
-     steps(lambda root: [p.unlink() for p in (root / "scans").iterdir()], copy("good.png", "scans/out/a.png"))),
+    (
+        "folder-with-a-broken-link",
+        ["links"],
+        "no images in folder links",
+        steps(folder("links"), lambda root: (root / "links" / "x.png").symlink_to(root / "gone.png")),
+    ),
+    (
+        "folder-whose-images-are-all-under-out",
+        ["scans", "--out", "scans/out"],
+        "no images in folder scans",
+        steps(lambda root: [p.unlink() for p in (root / "scans").iterdir()], copy("good.png", "scans/out/a.png")),
+    ),
     ("fifo", ["pipe.png"], "is not a file or a folder", lambda root: os.mkfifo(root / "pipe.png")),
     ("device-file", ["/dev/null"], "is not a file or a folder", None),
     ("second-input-missing", ["good.png", "missing.png"], "does not exist", None),
-    ("same-name-two-files", ["scans/a.png", "other/a.png"], "would both be written to",
-     copy("good.png", "other/a.png")),
+    (
+        "same-name-two-files",
+        ["scans/a.png", "other/a.png"],
+        "would both be written to",
+        copy("good.png", "other/a.png"),
+    ),
     ("same-stem-png-and-webp", ["scans"], "would both be written to", copy("good.png", "scans/a.webp")),
     ("same-stem-jpg-and-jpeg", ["scans"], "would both be written to", copy("scans/b.jpg", "scans/b.jpeg")),
     ("names-differing-in-case", ["scans"], "would both be written to", copy("good.png", "scans/A.png")),
     ("suffixes-differing-in-case", ["scans"], "would both be written to", copy("good.png", "scans/a.PNG")),
     ("two-folders-same-names", ["scans", "more"], "would both be written to", copy("good.png", "more/a.png")),
     ("file-and-folder-same-name", ["good.png", "more"], "would both be written to", copy("good.png", "more/good.png")),
-    ("same-name-in-subfolders-given-as-files", ["x/1/a.png", "x/2/a.png"], "would both be written to",
-     steps(copy("good.png", "x/1/a.png"), copy("good.png", "x/2/a.png"))),
+    (
+        "same-name-in-subfolders-given-as-files",
+        ["x/1/a.png", "x/2/a.png"],
+        "would both be written to",
+        steps(copy("good.png", "x/1/a.png"), copy("good.png", "x/2/a.png")),
+    ),
     ("output-replaces-its-input", ["good.png", "--out", "."], "would replace the input", None),
-    ("output-replaces-another-input", ["scans/b.jpg", "scans/a.png", "--out", "scans"], "would replace the input",
-     None),
+    (
+        "output-replaces-another-input",
+        ["scans/b.jpg", "scans/a.png", "--out", "scans"],
+        "would replace the input",
+        None,
+    ),
     ("out-is-the-input-folder", ["scans", "--out", "scans"], "no images in folder scans", None),
 ]:
     argv = ["colorize", *inputs, "--model", MODEL] + ([] if "--out" in inputs else ["--out", "out"])
@@ -356,10 +422,20 @@ for case_id, out, words, build, marks in [
     ("parent-is-a-file", "good.png/out", "--out good.png/out: good.png is not a folder", None, ()),
     ("empty", "", "--out is empty", None, ()),
     ("in-proc", "/proc/edn-out", "cannot write in /proc", None, ()),
-    ("read-only-folder", "locked", "cannot write in locked",
-     steps(folder("locked"), lambda root: (root / "locked").chmod(0o500)), (not_root,)),
-    ("in-read-only-folder", "locked/out", "cannot write in locked",
-     steps(folder("locked"), lambda root: (root / "locked").chmod(0o500)), (not_root,)),
+    (
+        "read-only-folder",
+        "locked",
+        "cannot write in locked",
+        steps(folder("locked"), lambda root: (root / "locked").chmod(0o500)),
+        (not_root,),
+    ),
+    (
+        "in-read-only-folder",
+        "locked/out",
+        "cannot write in locked",
+        steps(folder("locked"), lambda root: (root / "locked").chmod(0o500)),
+        (not_root,),
+    ),
 ]:
     usage(f"out-{case_id}", ["colorize", "good.png", "--out", out, "--model", MODEL], words, build, marks)
 
@@ -434,27 +510,51 @@ for case_id, extra, words, build in [
     ("markdown-is-a-folder", ["--markdown", "gt"], "is a folder", None),
     ("markdown-under-a-file", ["--markdown", "good.png/sub/r.md"], "is not a folder", None),
     ("lpips-weights-empty", ["--lpips-weights", "w.pth"], "is empty", write("w.pth", b"")),
-    ("lpips-weights-random", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights",
-     write("w.pth", np.random.default_rng(2).bytes(100))),
+    (
+        "lpips-weights-random",
+        ["--lpips-weights", "w.pth"],
+        "cannot read LPIPS weights",
+        write("w.pth", np.random.default_rng(2).bytes(100)),
+    ),
     ("lpips-weights-one-byte", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights", write("w.pth", b"\x80")),
-    ("lpips-weights-two-bytes", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights",
-     write("w.pth", b"\x80\x02")),
+    (
+        "lpips-weights-two-bytes",
+        ["--lpips-weights", "w.pth"],
+        "cannot read LPIPS weights",
+        write("w.pth", b"\x80\x02"),
+    ),
     ("lpips-weights-json", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights", write("w.pth", '{"a": 1}')),
     ("lpips-weights-png", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights", write("w.pth", encoded("PNG"))),
-    ("lpips-weights-broken-zip", ["--lpips-weights", "w.pth"], "cannot read LPIPS weights",
-     write("w.pth", b"PK\x03\x04garbage")),
+    (
+        "lpips-weights-broken-zip",
+        ["--lpips-weights", "w.pth"],
+        "cannot read LPIPS weights",
+        write("w.pth", b"PK\x03\x04garbage"),
+    ),
     ("lpips-weights-missing", ["--lpips-weights", "nope.pth"], "is not a file", None),
     ("lpips-weights-folder", ["--lpips-weights", "scans"], "is not a file", None),
     ("fid-weights-empty", ["--fid-weights", "w.pt"], "is empty", write("w.pt", b"")),
-    ("fid-weights-random", ["--fid-weights", "w.pt"], "cannot load FID weights",
-     write("w.pt", np.random.default_rng(3).bytes(100))),
+    (
+        "fid-weights-random",
+        ["--fid-weights", "w.pt"],
+        "cannot load FID weights",
+        write("w.pt", np.random.default_rng(3).bytes(100)),
+    ),
     ("pred-missing", ["--pred", "nope"], "does not exist or is not a folder", None),
     ("pred-empty", ["--pred", "empty"], "no images in prediction folder", folder("empty")),
     ("pred-unpaired", ["--pred", "scans"], "have no ground truth", None),
-    ("pred-bomb", [], "larger than the limit of 100 megapixels",
-     steps(write("pred/z.png", png_header(20_000, 20_000)), copy("gt/a.png", "gt/z.png"))),
-    ("gt-bomb", [], "larger than the limit of 100 megapixels",
-     steps(write("gt/z.png", png_header(1, 100_000_001)), copy("gt/a.png", "pred/z.png"))),
+    (
+        "pred-bomb",
+        [],
+        "larger than the limit of 100 megapixels",
+        steps(write("pred/z.png", png_header(20_000, 20_000)), copy("gt/a.png", "gt/z.png")),
+    ),
+    (
+        "gt-bomb",
+        [],
+        "larger than the limit of 100 megapixels",
+        steps(write("gt/z.png", png_header(1, 100_000_001)), copy("gt/a.png", "pred/z.png")),
+    ),
     ("pred-garbage", [], "cannot read image", steps(write("pred/z.png"), copy("gt/a.png", "gt/z.png"))),
     ("pred-size-differs", [], "is 48x40 but ground truth", write("gt/a.png", encoded("PNG", (30, 20)))),
 ]:
@@ -542,8 +642,9 @@ def decode_run(models, tmp_path_factory, photo):
     PIL.Image.fromarray(photo).convert("L").save(root / "in" / "good.png")
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        code = main(["colorize", str(root / "in"), "--out", str(root / "out"), "--model", models[MODEL],
-                     "--steps", "2"])
+        code = main(
+            ["colorize", str(root / "in"), "--out", str(root / "out"), "--model", models[MODEL], "--steps", "2"]
+        )
     return code, stderr.getvalue(), root
 
 
@@ -591,8 +692,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 def edn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edn_pipeline.cli", *args], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edn_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -610,25 +717,34 @@ def test_as_a_process_errors_are_one_line_without_importing_torch(sandbox, args,
     (sandbox / "other").mkdir()
     (sandbox / "other" / "a.png").write_bytes((sandbox / "good.png").read_bytes())
     (sandbox / "latin1.json").write_bytes('{"café": []}'.encode("latin-1"))
-    result = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, *args], capture_output=True, text=True, env=ENV,
-                            cwd=sandbox, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, *args], capture_output=True, text=True, env=ENV, cwd=sandbox, timeout=120
+    )
     assert result.returncode == 2 and result.stdout == "[]\n"
     assert len(result.stderr.splitlines()) == 1 and words in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_imports_no_model_library():
-    result = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, "colorize", "--help"], capture_output=True,
-                            text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, "colorize", "--help"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.endswith("[]\n") and "--threads" in result.stdout
 
 
 @pytest.mark.slow
 def test_importing_the_package_still_lets_plain_diffusers_load_a_saved_folder(models):
     """The package imports its pipeline lazily; diffusers must still find EDNPipeline by name once it is imported."""
-    code = ("import sys, edn_pipeline\nfrom diffusers import DiffusionPipeline\n"
-            "print(type(DiffusionPipeline.from_pretrained(sys.argv[1])).__name__)")
-    result = subprocess.run([sys.executable, "-c", code, models[MODEL]], capture_output=True, text=True, env=ENV,
-                            timeout=300)
+    code = (
+        "import sys, edn_pipeline\nfrom diffusers import DiffusionPipeline\n"
+        "print(type(DiffusionPipeline.from_pretrained(sys.argv[1])).__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, models[MODEL]], capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert result.returncode == 0 and result.stdout == "EDNPipeline\n", result.stderr[-2000:]
 
 
@@ -657,15 +773,25 @@ def test_a_batch_killed_at_any_point_resumes_to_what_an_uninterrupted_run_gives(
     reference = {p.name: p.read_bytes() for p in (sandbox / "reference").iterdir()}
 
     # 1. killed after writing the second output's temporary file, before renaming it
-    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_SECOND_RENAME, *args, "--out", "out"], env=ENV,
-                            cwd=sandbox, capture_output=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_SECOND_RENAME, *args, "--out", "out"],
+        env=ENV,
+        cwd=sandbox,
+        capture_output=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL
     left = sorted(p.name for p in (sandbox / "out").iterdir())
     assert len(left) == 2 and left[1] == "00.png" and re.fullmatch(r"\.01\.png\.[a-z0-9_]{8}\.tmp", left[0])
 
     # 2. the real command, killed as soon as it has written one more output
-    process = subprocess.Popen([sys.executable, "-m", "edn_pipeline.cli", *args, "--out", "out"], env=ENV,
-                               cwd=sandbox, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edn_pipeline.cli", *args, "--out", "out"],
+        env=ENV,
+        cwd=sandbox,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while len(list((sandbox / "out").glob("*.png"))) < 2 and process.poll() is None:
             time.sleep(0.002)

@@ -2,10 +2,10 @@
 
 import torch
 from conftest import seeded
-from edn_pipeline.testing_utils import tiny_components
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.testing_utils import tiny_components
 
 
 def as_controlnet(ccd) -> ControlNetModel:
@@ -28,12 +28,21 @@ def test_denoising_step_equals_controlnet_plus_unet():
         # StableDiffusionControlNetPipeline's step, written out
         model_input = torch.cat([latents] * 2)
         down, mid = controlnet(
-            model_input, t, encoder_hidden_states=embeds, controlnet_cond=condition, conditioning_scale=1.0,
-            guess_mode=False, return_dict=False,
+            model_input,
+            t,
+            encoder_hidden_states=embeds,
+            controlnet_cond=condition,
+            conditioning_scale=1.0,
+            guess_mode=False,
+            return_dict=False,
         )
         noise = unet(
-            model_input, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-            mid_block_additional_residual=mid, return_dict=False,
+            model_input,
+            t,
+            encoder_hidden_states=embeds,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
         )[0]
         uncond, text = noise.chunk(2)
         theirs = uncond + 5.0 * (text - uncond)
@@ -45,9 +54,15 @@ def test_whole_denoising_loop_matches_diffusers_controlnet_pipeline():
     edn = EDNPipeline(**parts)
     edn.set_progress_bar_config(disable=True)
     controlnet_pipe = StableDiffusionControlNetPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        controlnet=as_controlnet(parts["ccd"]), scheduler=parts["scheduler"], safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        controlnet=as_controlnet(parts["ccd"]),
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     controlnet_pipe.set_progress_bar_config(disable=True)
     gray = torch.rand(32, 32, generator=seeded(5))
@@ -58,11 +73,21 @@ def test_whole_denoising_loop_matches_diffusers_controlnet_pipeline():
         return {}
 
     ours = edn(
-        gray, prompt="a red barn", num_inference_steps=3, guidance_scale=5.0, generator=seeded(0),
-        output_type="latent", callback_on_step_end=keep_condition, callback_on_step_end_tensor_inputs=["condition"],
+        gray,
+        prompt="a red barn",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        generator=seeded(0),
+        output_type="latent",
+        callback_on_step_end=keep_condition,
+        callback_on_step_end_tensor_inputs=["condition"],
     ).images
     theirs = controlnet_pipe(
-        prompt="a red barn", image=conditions[0], num_inference_steps=3, guidance_scale=5.0, generator=seeded(0),
+        prompt="a red barn",
+        image=conditions[0],
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        generator=seeded(0),
         output_type="latent",
     ).images
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

@@ -99,7 +99,11 @@ def test_encode_prompt_alone_gives_the_embeddings_the_call_uses(pipe, photo):
         return {}
 
     call(
-        pipe, photo, prompt="blue sky", negative_prompt="sepia", callback_on_step_end=keep,
+        pipe,
+        photo,
+        prompt="blue sky",
+        negative_prompt="sepia",
+        callback_on_step_end=keep,
         callback_on_step_end_tensor_inputs=["prompt_embeds", "negative_prompt_embeds"],
     )
     embeds, negative = pipe.encode_prompt("blue sky", "cpu", 1, True, negative_prompt="sepia")
@@ -158,10 +162,14 @@ def test_a_batch_equals_single_calls_with_the_same_generators(pipe, photo):
 def test_one_image_with_a_list_of_prompts_and_one_prompt_with_a_list_of_images(pipe, photo):
     by_prompts = call(pipe, photo, prompt=["a red car", "a blue car"], generator=[seeded(0), seeded(1)])
     assert by_prompts.shape == (2, *photo.shape)
-    np.testing.assert_allclose(by_prompts[1], call(pipe, photo, prompt="a blue car", generator=seeded(1))[0], atol=1e-4)
+    np.testing.assert_allclose(
+        by_prompts[1], call(pipe, photo, prompt="a blue car", generator=seeded(1))[0], atol=1e-4
+    )
     by_images = call(pipe, [photo, photo[::-1].copy()], prompt="a red car", generator=[seeded(0), seeded(1)])
     assert by_images.shape == (2, *photo.shape)
-    np.testing.assert_allclose(by_images[1], call(pipe, photo[::-1].copy(), prompt="a red car", generator=seeded(1))[0], atol=1e-4)
+    np.testing.assert_allclose(
+        by_images[1], call(pipe, photo[::-1].copy(), prompt="a red car", generator=seeded(1))[0], atol=1e-4
+    )
 
 
 # ----------------------------------------------------------------------------------------------- saving and loading
@@ -249,6 +257,7 @@ def test_vae_slicing_decodes_a_batch_of_16_one_image_at_a_time(pipe, photo):
     hook = pipe.decoder.decoder.conv_in.register_forward_pre_hook(
         lambda module, args: batch_sizes.append(args[0].shape[0])
     )
+
     def kwargs():
         return dict(prompt=["colored photo"] * 16, generator=[seeded(i) for i in range(16)], num_inference_steps=1)
 

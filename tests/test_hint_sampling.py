@@ -72,8 +72,10 @@ def _sources(rgb, gray, hint_rgb, seed_mask):
     sources = {}
     for y, x in zip(*np.nonzero(seed_mask)):
         sources[y, x] = [
-            (y + dy, x + dx) for dy, dx in PLUS
-            if 0 <= y + dy < h and 0 <= x + dx < w
+            (y + dy, x + dx)
+            for dy, dx in PLUS
+            if 0 <= y + dy < h
+            and 0 <= x + dx < w
             and np.allclose(hint_rgb[y, x], _relit(rgb[y + dy, x + dx], gray[y, x]), atol=1e-5)
         ]
     return sources
@@ -116,8 +118,9 @@ def test_no_hint_rate_matches_probability():
     small_gray = gray_from_lightness(to_lightness(small))
     rng = np.random.default_rng(0)
     n, p = 300, 0.3
-    empty = sum(not sample_training_hints(small, small_gray, rng, no_hint_prob=p, n_segments=16)[1].any()
-                for _ in range(n))
+    empty = sum(
+        not sample_training_hints(small, small_gray, rng, no_hint_prob=p, n_segments=16)[1].any() for _ in range(n)
+    )
     sd = np.sqrt(n * p * (1 - p))
     assert abs(empty - n * p) < 5 * sd, empty
 
@@ -231,8 +234,9 @@ def test_point_hint_rate_matches_probability():
     n, p = 200, 0.4
     points = 0
     for _ in range(n):
-        _, confidence = sample_training_hints(small, small_gray, rng, no_hint_prob=0, point_hint_prob=p,
-                                              max_points=3, n_segments=16)
+        _, confidence = sample_training_hints(
+            small, small_gray, rng, no_hint_prob=0, point_hint_prob=p, max_points=3, n_segments=16
+        )
         seeded = int((confidence == 1).sum())
         # At most 3 disks of 5 pixels, against 30-50 % of 16 superpixels of ~36 pixels each.
         assert seeded <= 3 * DISK_PIXELS or seeded > 40, seeded

@@ -21,7 +21,7 @@ from edn_pipeline.hints import (
 def two_regions(h=48, w=96):
     """Left half 0.2, right half 0.8, sharp vertical edge at column w // 2."""
     gray = np.full((h, w), 0.2, np.float32)
-    gray[:, w // 2:] = 0.8
+    gray[:, w // 2 :] = 0.8
     return gray
 
 
@@ -88,18 +88,35 @@ def test_hints_of_a_real_photo_bring_its_colours():
     photo = transform.resize(data.coffee(), (48, 64), anti_aliasing=True).astype(np.float32)
     gray = photo @ np.float32([0.2126, 0.7152, 0.0722])
     rng = np.random.default_rng(0)
-    points = [(x + 0.5, y + 0.5, tuple(int(c) for c in np.round(photo[y, x] * 255)))
-              for x, y in zip(rng.integers(0, 64, 40), rng.integers(0, 48, 40))]
+    points = [
+        (x + 0.5, y + 0.5, tuple(int(c) for c in np.round(photo[y, x] * 255)))
+        for x, y in zip(rng.integers(0, 64, 40), rng.integers(0, 48, 40))
+    ]
     hint_rgb, confidence = render(gray, points)
     gray_rgb = np.repeat(gray[..., None], 3, axis=-1)
-    assert peak_signal_noise_ratio(photo, hint_rgb, data_range=1) > peak_signal_noise_ratio(photo, gray_rgb, data_range=1) + 3
+    assert (
+        peak_signal_noise_ratio(photo, hint_rgb, data_range=1)
+        > peak_signal_noise_ratio(photo, gray_rgb, data_range=1) + 3
+    )
     # Every hint colour has the photo's own gray as its HSL lightness (colorsys as reference).
     for y in range(0, 48, 7):
         for x in range(0, 64, 9):
             assert hls(hint_rgb[y, x])[1] == pytest.approx(float(gray[y, x]), abs=1e-3)
 
 
-@pytest.mark.parametrize("colour", [(255, 0, 0), (20, 40, 200), (0, 128, 0), (250, 240, 10), (128, 128, 128), (255, 255, 255), (0, 0, 0), (90, 10, 60)])
+@pytest.mark.parametrize(
+    "colour",
+    [
+        (255, 0, 0),
+        (20, 40, 200),
+        (0, 128, 0),
+        (250, 240, 10),
+        (128, 128, 128),
+        (255, 255, 255),
+        (0, 0, 0),
+        (90, 10, 60),
+    ],
+)
 def test_hinted_colour_keeps_hint_hue_and_saturation(colour):
     gray = np.full((16, 16), 0.3, np.float32)
     hint_rgb, confidence = render(gray, [(8, 8, colour)])
@@ -134,7 +151,9 @@ def test_colour_spellings_render_identically():
 
 
 def test_parse_points_returns_hint_points():
-    points = parse_hints([(1, 2, "red"), (3.5, 4, (0, 255, 0), 7), {"x": 5, "y": 6, "color": "#00f", "radius": 2.5}], (10, 10))
+    points = parse_hints(
+        [(1, 2, "red"), (3.5, 4, (0, 255, 0), 7), {"x": 5, "y": 6, "color": "#00f", "radius": 2.5}], (10, 10)
+    )
     assert points == [
         HintPoint(1.0, 2.0, (255, 0, 0)),
         HintPoint(3.5, 4.0, (0, 255, 0), 7.0),
@@ -319,7 +338,10 @@ def test_hint_condition_stacks_gray_hints_and_mask():
         (Image.new("RGBA", (100, 50)), r"^hint image is 100×50 but the input image is 640×480$"),
         (Image.new("RGB", (640, 480)), r"^hint image has mode RGB without alpha"),
         (Image.new("L", (640, 480)), r"^hint image has mode L without alpha"),
-        (np.zeros((480, 640, 3), np.uint8), r"^hint image array must be uint8 \(H, W, 4\) RGBA, got uint8 array of shape \(480, 640, 3\)$"),
+        (
+            np.zeros((480, 640, 3), np.uint8),
+            r"^hint image array must be uint8 \(H, W, 4\) RGBA, got uint8 array of shape \(480, 640, 3\)$",
+        ),
         (np.zeros((480, 640, 4), np.float32), r"^hint image array must be uint8 .* got float32"),
         (np.zeros((480, 640), np.uint8), r"^hint image array must be uint8"),
     ],

@@ -51,7 +51,10 @@ def test_exported_repo_loads_with_plain_diffusers_and_gives_identical_output(exp
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(exported / "modules")}
     result = subprocess.run(
         [sys.executable, str(script), str(exported / "repo"), str(exported / "photo.npy"), str(exported / "out.npy")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     pipe = EDNPipeline.from_pretrained(exported / "model")
@@ -70,7 +73,11 @@ def test_exported_index_names_the_custom_code(exported):
     assert index["_class_name"] == ["edn_remote_pipeline_edn", "EDNPipeline"]
     assert index["ccd"] == ["edn_remote_ccd", "CCDModel"]
     assert index["decoder"] == ["edn_remote_luminance_decoder", "LuminanceDecoder"]
-    for folder, entry in ((".", "edn_remote_pipeline_edn.py"), ("ccd", "edn_remote_ccd.py"), ("decoder", "edn_remote_luminance_decoder.py")):
+    for folder, entry in (
+        (".", "edn_remote_pipeline_edn.py"),
+        ("ccd", "edn_remote_ccd.py"),
+        ("decoder", "edn_remote_luminance_decoder.py"),
+    ):
         assert (exported / "repo" / folder / entry).is_file()
 
 
@@ -87,8 +94,13 @@ def test_export_of_a_missing_model_is_a_one_line_error(tmp_path, capsys):
 
 def test_model_card_metadata_is_what_the_hub_reads():
     card = render_model_card(
-        repo_id="someone/edn-test", base_model="CompVis/stable-diffusion-v1-4", stage="ccd",
-        training_data="four photos", hyperparameters={"learning_rate": 1e-5}, steps=10, hardware="CPU",
+        repo_id="someone/edn-test",
+        base_model="CompVis/stable-diffusion-v1-4",
+        stage="ccd",
+        training_data="four photos",
+        hyperparameters={"learning_rate": 1e-5},
+        steps=10,
+        hardware="CPU",
         evaluation="| metric | value |\n|---|---|\n| PSNR | 20.1 |",
     )
     parsed = ModelCard(str(card))  # the YAML front matter round-trips through huggingface_hub
@@ -103,7 +115,11 @@ def test_model_card_metadata_is_what_the_hub_reads():
 
 def tiny_controlnet(unet) -> ControlNetModel:
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]:
+    for module in [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]:
         torch.nn.init.normal_(module.weight, std=0.2)
     return controlnet
 
@@ -120,9 +136,17 @@ def test_a_controlnet_becomes_a_ccd_that_predicts_the_same_noise_without_hints()
     with torch.no_grad():
         ours = pipe.predict_noise(latents, t, embeds, condition, guidance_scale=5.0)
         model_input = torch.cat([latents] * 2)
-        down, mid = controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=gray.repeat(1, 3, 1, 1), return_dict=False)
-        noise = parts["unet"](model_input, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-                              mid_block_additional_residual=mid, return_dict=False)[0]
+        down, mid = controlnet(
+            model_input, t, encoder_hidden_states=embeds, controlnet_cond=gray.repeat(1, 3, 1, 1), return_dict=False
+        )
+        noise = parts["unet"](
+            model_input,
+            t,
+            encoder_hidden_states=embeds,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
         uncond, text = noise.chunk(2)
     torch.testing.assert_close(ours, uncond + 5.0 * (text - uncond), rtol=1e-5, atol=1e-5)
 
@@ -130,8 +154,14 @@ def test_a_controlnet_becomes_a_ccd_that_predicts_the_same_noise_without_hints()
 def test_from_stable_diffusion_accepts_a_controlnet_folder(tmp_path, photo):
     parts = tiny_components()
     StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     ).save_pretrained(tmp_path / "sd")
     controlnet = tiny_controlnet(parts["unet"])
     controlnet.save_pretrained(tmp_path / "controlnet")
@@ -146,6 +176,8 @@ def test_from_stable_diffusion_accepts_a_controlnet_folder(tmp_path, photo):
 
 def test_a_controlnet_with_another_condition_is_refused():
     parts = tiny_components()
-    controlnet = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(8, 16), conditioning_channels=1)
+    controlnet = ControlNetModel.from_unet(
+        parts["unet"], conditioning_embedding_out_channels=(8, 16), conditioning_channels=1
+    )
     with pytest.raises(ValueError, match="3-channel condition"):
         CCDModel.from_controlnet(controlnet)

@@ -50,8 +50,9 @@ def test_preprocess_measures_lightness_at_input_size_and_the_gray_at_working_siz
     # The gray image is neutral, and its L* is the input's L* shrunk to the working size.
     gray = images.gray[0, 0].numpy()
     gray_lightness = rgb2lab(np.repeat(gray[..., None], 3, axis=-1))[..., 0]
-    shrunk = F.interpolate(torch.from_numpy(rgb2lab(astronaut)[..., 0]).float()[None, None], size=(48, 64),
-                           mode="area")[0, 0].numpy()
+    shrunk = F.interpolate(
+        torch.from_numpy(rgb2lab(astronaut)[..., 0]).float()[None, None], size=(48, 64), mode="area"
+    )[0, 0].numpy()
     assert np.abs(gray_lightness - shrunk).mean() < 2.0  # bicubic against area: measured 1.02
     # Without hints the condition is the gray three times, and zero colours and confidence.
     torch.testing.assert_close(images.condition[0, :3], images.gray[0].expand(3, -1, -1))

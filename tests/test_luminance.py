@@ -344,9 +344,7 @@ def test_chroma_known_values():
     np.testing.assert_allclose(ab[0, 1:], 0.0, atol=0.02)  # neutral grays
 
 
-@pytest.mark.parametrize(
-    "rgb", [np.zeros((4, 4)), np.zeros((4, 4, 4)), np.full((2, 2, 3), 2.0), [[[0.0, 0.0, 0.0]]]]
-)
+@pytest.mark.parametrize("rgb", [np.zeros((4, 4)), np.zeros((4, 4, 4)), np.full((2, 2, 3), 2.0), [[[0.0, 0.0, 0.0]]]])
 def test_chroma_rejects_bad_input(rgb):
     with pytest.raises(EDNInputError):
         chroma(rgb)

@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-from edn_pipeline.testing_utils import tiny_components
 from diffusers import ControlNetModel
 
 from edn_pipeline import CCDModel, LuminanceDecoder
 from edn_pipeline.hints import CONDITION_CHANNELS
+from edn_pipeline.testing_utils import tiny_components
 
 
 @pytest.fixture
@@ -80,7 +80,9 @@ def test_ccd_starts_as_the_unet_encoder_with_zero_outputs(parts):
     sample = torch.randn(1, 4, 8, 8)
     cond = torch.rand(1, CONDITION_CHANNELS, 16, 16)
     with torch.no_grad():
-        down, mid = ccd(sample, 10, encoder_hidden_states=torch.randn(1, 4, 16), controlnet_cond=cond, return_dict=False)
+        down, mid = ccd(
+            sample, 10, encoder_hidden_states=torch.randn(1, 4, 16), controlnet_cond=cond, return_dict=False
+        )
     assert all(torch.count_nonzero(d) == 0 for d in down)
     assert torch.count_nonzero(mid) == 0
 

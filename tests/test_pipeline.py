@@ -7,7 +7,6 @@ import PIL.Image
 import pytest
 import torch
 from conftest import seeded
-from edn_pipeline.testing_utils import tiny_components
 from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
@@ -17,6 +16,7 @@ from diffusers import (
 from skimage.color import rgb2lab
 
 from edn_pipeline import CCDModel, EDNInputError, EDNPipeline, EDNPipelineOutput, LuminanceDecoder
+from edn_pipeline.testing_utils import tiny_components
 
 STEPS = 2
 
@@ -141,8 +141,13 @@ def test_rgba_hint_image_hints_where_its_alpha_is(pipe, photo):
         seen.setdefault("condition", tensors["condition"])
         return {}
 
-    out = run(pipe, photo, hints=PIL.Image.fromarray(hint_image, "RGBA"), callback_on_step_end=record,
-              callback_on_step_end_tensor_inputs=["condition"])[0]
+    out = run(
+        pipe,
+        photo,
+        hints=PIL.Image.fromarray(hint_image, "RGBA"),
+        callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=["condition"],
+    )[0]
     assert out.size == (photo.shape[1], photo.shape[0])
     condition = seen["condition"][0]
     working_h, working_w = condition.shape[-2:]
@@ -284,7 +289,11 @@ def test_strength_below_one_needs_a_vae(photo):
 
 
 def test_memory_helpers_are_diffusers_own(pipe):
-    for name in ("enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_xformers_memory_efficient_attention"):
+    for name in (
+        "enable_model_cpu_offload",
+        "enable_sequential_cpu_offload",
+        "enable_xformers_memory_efficient_attention",
+    ):
         assert getattr(EDNPipeline, name) is getattr(DiffusionPipeline, name)
     offloaded = EDNPipeline.model_cpu_offload_seq.split("->")
     assert set(offloaded) <= set(pipe.components)

@@ -33,26 +33,57 @@ BAD_ARGUMENTS = {
     "prompt": [1, b"a photo", ["a", 2], {"a": 1}, "a \ud800 photo", ["ok", "lone \udfff"]],
     "negative_prompt": [1, ["a", None], "bad \ud800"],
     "prompt_embeds": [
-        torch.zeros(1, 77), torch.zeros(1, 77, 31), torch.zeros(1, 4, 32, 2), torch.full((1, 77, 32), math.nan),
-        np.zeros((1, 77, 32), np.float32), torch.zeros(1, 77, 32, device="meta"),
+        torch.zeros(1, 77),
+        torch.zeros(1, 77, 31),
+        torch.zeros(1, 4, 32, 2),
+        torch.full((1, 77, 32), math.nan),
+        np.zeros((1, 77, 32), np.float32),
+        torch.zeros(1, 77, 32, device="meta"),
     ],
     "latents": [
-        torch.zeros(1, 4, 3, 3), torch.full((1, 4, 5, 6), math.nan), torch.zeros(1, 4, 5, 6).to_sparse(),
-        torch.zeros(1, 4, 5, 6, device="meta"), "noise",
+        torch.zeros(1, 4, 3, 3),
+        torch.full((1, 4, 5, 6), math.nan),
+        torch.zeros(1, 4, 5, 6).to_sparse(),
+        torch.zeros(1, 4, 5, 6, device="meta"),
+        "noise",
     ],
     "callback_on_step_end_tensor_inputs": [["noise"], ["latents", "gray"]],
     "hints": [
-        "red", 5, [(1, 1)], [(1, 1, "#zzzzzz")], [(100, 1, "#ff0000")], [(-1, 1, "red")], [(1, 1, "red", -2)],
-        [(1, 1, "rgb(300,0,0)")], [(1, 1, "hsl(400,50%,50%)")], [(1, 1, "hsl(0,150%,50%)")], [(1, 1, (256, 0, 0))],
-        [(1, 1, (1.5, 0, 0))], [(math.nan, 1, "red")], [(1, math.inf, "red")], [{"x": 1, "y": 1}],
-        [{"x": 1, "y": 1, "color": "red", "size": 3}], np.zeros((40, 48, 3), np.uint8), np.zeros((10, 10, 4), np.uint8),
+        "red",
+        5,
+        [(1, 1)],
+        [(1, 1, "#zzzzzz")],
+        [(100, 1, "#ff0000")],
+        [(-1, 1, "red")],
+        [(1, 1, "red", -2)],
+        [(1, 1, "rgb(300,0,0)")],
+        [(1, 1, "hsl(400,50%,50%)")],
+        [(1, 1, "hsl(0,150%,50%)")],
+        [(1, 1, (256, 0, 0))],
+        [(1, 1, (1.5, 0, 0))],
+        [(math.nan, 1, "red")],
+        [(1, math.inf, "red")],
+        [{"x": 1, "y": 1}],
+        [{"x": 1, "y": 1, "color": "red", "size": 3}],
+        np.zeros((40, 48, 3), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
     ],
 }
 BAD_IMAGES = [
-    None, "no/such/file.png", 5, [], np.zeros((0, 5), np.uint8), np.zeros((5, 5, 2), np.uint8),
-    np.zeros((5, 5), np.int32), np.full((5, 5), math.nan, np.float32), np.full((5, 5), 2.0, np.float32),
-    torch.zeros(5, 5, 5), torch.zeros(3, 5, 5, dtype=torch.int64), torch.zeros(3, 5, 5).to_sparse(),
-    torch.zeros(3, 5, 5, device="meta"), np.zeros((2, 3, 4, 5, 6), np.uint8),
+    None,
+    "no/such/file.png",
+    5,
+    [],
+    np.zeros((0, 5), np.uint8),
+    np.zeros((5, 5, 2), np.uint8),
+    np.zeros((5, 5), np.int32),
+    np.full((5, 5), math.nan, np.float32),
+    np.full((5, 5), 2.0, np.float32),
+    torch.zeros(5, 5, 5),
+    torch.zeros(3, 5, 5, dtype=torch.int64),
+    torch.zeros(3, 5, 5).to_sparse(),
+    torch.zeros(3, 5, 5, device="meta"),
+    np.zeros((2, 3, 4, 5, 6), np.uint8),
 ]
 CASES = [(name, value) for name, values in BAD_ARGUMENTS.items() for value in values]
 
@@ -96,10 +127,17 @@ def test_bad_image_is_one_line_error(pipe, image):
 
 
 def test_numpy_numbers_are_numbers(pipe, photo):
-    with_numpy = pipe(photo, num_inference_steps=np.int64(2), guidance_scale=np.float32(5.0), strength=1.0,
-                      generator=seeded(0), output_type="np").images
-    with_python = pipe(photo, num_inference_steps=2, guidance_scale=5.0, strength=1.0, generator=seeded(0),
-                       output_type="np").images
+    with_numpy = pipe(
+        photo,
+        num_inference_steps=np.int64(2),
+        guidance_scale=np.float32(5.0),
+        strength=1.0,
+        generator=seeded(0),
+        output_type="np",
+    ).images
+    with_python = pipe(
+        photo, num_inference_steps=2, guidance_scale=5.0, strength=1.0, generator=seeded(0), output_type="np"
+    ).images
     np.testing.assert_array_equal(with_numpy, with_python)
 
 
@@ -111,8 +149,9 @@ def test_clip_skip_one_uses_the_second_to_last_layer(pipe, photo):
 
 
 def test_a_callback_that_returns_nothing_is_named(pipe, photo):
-    message = refused(lambda: pipe(photo, num_inference_steps=2, strength=1.0,
-                                   callback_on_step_end=lambda *args: None))
+    message = refused(
+        lambda: pipe(photo, num_inference_steps=2, strength=1.0, callback_on_step_end=lambda *args: None)
+    )
     assert "callback_on_step_end must return a dict" in message
 
 

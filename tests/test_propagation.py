@@ -14,7 +14,7 @@ def _random(shape, seed=0, low=0.0, high=1.0):
 
 def _step(h=12, w=20, left=0.2, right=0.8):
     gray = np.full((h, w), left)
-    gray[:, w // 2:] = right
+    gray[:, w // 2 :] = right
     return gray
 
 

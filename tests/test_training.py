@@ -28,8 +28,14 @@ def tiny_sd(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-sd")
     parts = tiny_components()
     StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     ).save_pretrained(path)
     return path
 
@@ -53,12 +59,34 @@ TORCHRUN_2 = ("-m", "torch.distributed.run", "--nproc_per_node", "2")  # acceler
 
 def train(script, model, photos, out, *extra, launcher=ACCELERATE):
     command = [
-        sys.executable, *launcher, str(ROOT / "training" / script),
-        "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(photos), "--output_dir", str(out),
-        "--resolution", "32", "--train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "tensorboard",
-        "--seed", "3", *map(str, extra),
+        sys.executable,
+        *launcher,
+        str(ROOT / "training" / script),
+        "--pretrained_model_name_or_path",
+        str(model),
+        "--train_data_dir",
+        str(photos),
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "tensorboard",
+        "--seed",
+        "3",
+        *map(str, extra),
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+    }
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -79,9 +107,21 @@ def logged(out: Path, tag: str = "loss") -> dict[int, float]:
 def test_ccd_stage_overfits_checkpoints_prunes_and_exports_a_pipeline(tiny_sd, photos, tmp_path):
     out = tmp_path / "ccd"
     log = train(
-        "train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 30, "--train_unet",
-        "--checkpointing_steps", 10, "--checkpoints_total_limit", 2, "--validation_image", photos / "coffee.png",
-        "--validation_steps", 15,
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        out,
+        "--max_train_steps",
+        30,
+        "--train_unet",
+        "--checkpointing_steps",
+        10,
+        "--checkpoints_total_limit",
+        2,
+        "--validation_image",
+        photos / "coffee.png",
+        "--validation_steps",
+        15,
     )
     losses = logged(out)
     assert sorted(losses) == list(range(1, 31)) and all(np.isfinite(list(losses.values())))
@@ -104,8 +144,18 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(tiny_sd, photos
     resumed.mkdir()
     shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
     (resumed / ".checkpoint-6.tmp").mkdir()  # a save killed midway: ignored, and the checkpoint before it used
-    train("train_ccd.py", tiny_sd, photos, resumed, "--max_train_steps", 6, "--checkpointing_steps", 3,
-          "--resume_from_checkpoint", "latest")
+    train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        resumed,
+        "--max_train_steps",
+        6,
+        "--checkpointing_steps",
+        3,
+        "--resume_from_checkpoint",
+        "latest",
+    )
     a, b = logged(whole), logged(resumed)
     assert sorted(b) == [4, 5, 6]
     for step in (4, 5, 6):
@@ -115,8 +165,21 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(tiny_sd, photos
 def test_decoder_stage_with_vq_trains_the_quantiser_and_refiner(tiny_sd, photos, tmp_path):
     out = tmp_path / "decoder"
     train(
-        "train_decoder.py", tiny_sd, photos, out, "--max_train_steps", 12, "--decoder_vq", "--codebook_size", 16,
-        "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16,
+        "train_decoder.py",
+        tiny_sd,
+        photos,
+        out,
+        "--max_train_steps",
+        12,
+        "--decoder_vq",
+        "--codebook_size",
+        16,
+        "--vq_num_train_timesteps",
+        8,
+        "--refiner_layers",
+        1,
+        "--refiner_dim",
+        16,
     )
     vq, reconstruction = logged(out, "vq_diffusion"), logged(out, "reconstruction")
     assert len(vq) == 12 and all(np.isfinite(list(vq.values()))) and vq[1] > 0
@@ -146,14 +209,56 @@ def test_the_refiner_stage_needs_a_refiner(tiny_sd, photos, tmp_path):
 
 def test_joint_stage_with_lora_optimises_equation_1(tiny_sd, photos, tmp_path):
     start = tmp_path / "start"
-    train("train_decoder.py", tiny_sd, photos, start, "--max_train_steps", 1, "--decoder_vq", "--codebook_size", 16,
-          "--vq_num_train_timesteps", 8, "--refiner_layers", 1, "--refiner_dim", 16)
+    train(
+        "train_decoder.py",
+        tiny_sd,
+        photos,
+        start,
+        "--max_train_steps",
+        1,
+        "--decoder_vq",
+        "--codebook_size",
+        16,
+        "--vq_num_train_timesteps",
+        8,
+        "--refiner_layers",
+        1,
+        "--refiner_dim",
+        16,
+    )
     out = tmp_path / "joint"
-    train("train_edn.py", start, photos, out, "--stage", "joint", "--max_train_steps", 3, "--train_unet_lora",
-          "--use_ema", "--gradient_checkpointing", "--checkpointing_steps", 2)
-    assert {"ccd", "decoder", "ema_ccd", "ema_decoder", "unet_lora.safetensors"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
-    train("train_edn.py", start, photos, out, "--stage", "joint", "--max_train_steps", 4, "--train_unet_lora",
-          "--use_ema", "--resume_from_checkpoint", "latest")
+    train(
+        "train_edn.py",
+        start,
+        photos,
+        out,
+        "--stage",
+        "joint",
+        "--max_train_steps",
+        3,
+        "--train_unet_lora",
+        "--use_ema",
+        "--gradient_checkpointing",
+        "--checkpointing_steps",
+        2,
+    )
+    assert {"ccd", "decoder", "ema_ccd", "ema_decoder", "unet_lora.safetensors"} <= {
+        p.name for p in (out / "checkpoint-2").iterdir()
+    }
+    train(
+        "train_edn.py",
+        start,
+        photos,
+        out,
+        "--stage",
+        "joint",
+        "--max_train_steps",
+        4,
+        "--train_unet_lora",
+        "--use_ema",
+        "--resume_from_checkpoint",
+        "latest",
+    )
     assert sorted(logged(out, "loss"))[-2:] == [3, 4]
     for tag in ("diffusion", "ccd", "vq_diffusion", "reconstruction", "loss"):
         assert len(logged(out, tag)) == 4, tag
@@ -163,7 +268,14 @@ def test_joint_stage_with_lora_optimises_equation_1(tiny_sd, photos, tmp_path):
 
 def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, photos, tmp_path):
     log = train(
-        "train_ccd.py", tiny_sd, photos, tmp_path / "ddp", "--max_train_steps", 2, "--train_batch_size", 1,
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        tmp_path / "ddp",
+        "--max_train_steps",
+        2,
+        "--train_batch_size",
+        1,
         launcher=TORCHRUN_2,
     )
     lines = dict(re.findall(r"process (\d): (\d+ examples, trained-weight checksum \S+)", log))
@@ -183,8 +295,15 @@ def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, phot
 )
 def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, message):
     command = [
-        sys.executable, str(ROOT / "training" / "train_ccd.py"), "--pretrained_model_name_or_path", str(tiny_sd),
-        "--train_data_dir", str(photos), "--output_dir", str(tmp_path / "x"), *extra,
+        sys.executable,
+        str(ROOT / "training" / "train_ccd.py"),
+        "--pretrained_model_name_or_path",
+        str(tiny_sd),
+        "--train_data_dir",
+        str(photos),
+        "--output_dir",
+        str(tmp_path / "x"),
+        *extra,
     ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
@@ -233,8 +352,11 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
     with pytest.raises(SystemExit) as info:
         parse_args(common + extra, stage=stage)
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "error: --vae_decoder and --chroma_weight belong to the vae stage"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("error: --vae_decoder and --chroma_weight belong to the vae stage")
     )
     args = parse_args(common + ["--vae_decoder", "luminance", "--chroma_weight", "1"], stage="vae")
     assert (args.vae_decoder, args.chroma_weight) == ("luminance", 1.0)
@@ -244,7 +366,10 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--stage", "vae", "--ccd_condition_init", "random"], "--ccd_condition_init belongs to the ccd and joint stages"),
+        (
+            ["--stage", "vae", "--ccd_condition_init", "random"],
+            "--ccd_condition_init belongs to the ccd and joint stages",
+        ),
         (["--stage", "ccd", "--point_hint_prob", "1.5"], "--point_hint_prob must lie in [0, 1]"),
         (["--stage", "ccd", "--proportion_empty_prompts", "-0.1"], "--proportion_empty_prompts must lie in [0, 1]"),
         (["--stage", "ccd", "--max_hint_points", "0"], "--max_hint_points must be at least 1"),
@@ -264,8 +389,22 @@ def test_vae_stage_with_the_luminance_decoder_trains_and_exports_it(tiny_sd, pho
     from diffusers import AutoencoderKL
 
     out = tmp_path / "vae-luminance"
-    train("train_edn.py", tiny_sd, photos, out, "--stage", "vae", "--vae_decoder", "luminance", "--chroma_weight", 1,
-          "--max_train_steps", 20, "--learning_rate", 3e-3)
+    train(
+        "train_edn.py",
+        tiny_sd,
+        photos,
+        out,
+        "--stage",
+        "vae",
+        "--vae_decoder",
+        "luminance",
+        "--chroma_weight",
+        1,
+        "--max_train_steps",
+        20,
+        "--learning_rate",
+        3e-3,
+    )
     chroma, reconstruction = logged(out, "chroma"), logged(out, "reconstruction")
     assert sorted(chroma) == sorted(reconstruction) == list(range(1, 21))
     assert all(np.isfinite(list(chroma.values()))) and all(v > 0 for v in chroma.values())
@@ -322,8 +461,18 @@ def test_training_can_start_the_ccd_from_a_controlnet(tiny_sd, photos, tmp_path)
     torch.nn.init.normal_(controlnet.controlnet_mid_block.weight, std=0.1)
     controlnet.save_pretrained(tmp_path / "controlnet")
     out = tmp_path / "from-controlnet"
-    train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 1, "--learning_rate", 0,
-          "--controlnet_model_name_or_path", tmp_path / "controlnet")
+    train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        out,
+        "--max_train_steps",
+        1,
+        "--learning_rate",
+        0,
+        "--controlnet_model_name_or_path",
+        tmp_path / "controlnet",
+    )
     ccd = EDNPipeline.from_pretrained(out).ccd
     assert torch.equal(ccd.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
     name = "controlnet_cond_embedding.conv_in.weight"
@@ -337,8 +486,18 @@ def test_ccd_condition_init_random_restarts_the_condition_input_from_nonzero_wei
     outputs = {}
     for init in ("keep", "random"):
         out = tmp_path / init
-        train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 1, "--learning_rate", 0,
-              "--ccd_condition_init", init)
+        train(
+            "train_ccd.py",
+            tiny_sd,
+            photos,
+            out,
+            "--max_train_steps",
+            1,
+            "--learning_rate",
+            0,
+            "--ccd_condition_init",
+            init,
+        )
         outputs[init] = EDNPipeline.from_pretrained(out).ccd.controlnet_cond_embedding.conv_out.weight
     assert not outputs["keep"].any()
     assert outputs["random"].abs().mean() > 1e-3
@@ -355,8 +514,15 @@ def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
     from edn_pipeline.training_data import TrainingExampleTransform, collate_fn, load_image_dataset
 
     args = argparse.Namespace(
-        pretrained_model_name_or_path=str(tiny_sd), revision=None, variant=None, controlnet_model_name_or_path=None,
-        decoder_vq=True, codebook_size=8, vq_num_train_timesteps=8, refiner_layers=1, refiner_dim=16,
+        pretrained_model_name_or_path=str(tiny_sd),
+        revision=None,
+        variant=None,
+        controlnet_model_name_or_path=None,
+        decoder_vq=True,
+        codebook_size=8,
+        vq_num_train_timesteps=8,
+        refiner_layers=1,
+        refiner_dim=16,
     )
     pipe, new_codebook = load_starting_pipeline(args)
     assert new_codebook
@@ -364,9 +530,12 @@ def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_fn)
     init_codebook_from_data(pipe, loader, seed=0)
     codes = pipe.decoder.quantizer.embedding.weight
-    latents = torch.cat([
-        pipe.vae.encode(b["pixel_values"]).latent_dist.mode().permute(0, 2, 3, 1).reshape(-1, 4)
-        for b in loader if b["num_examples"]
-    ])
+    latents = torch.cat(
+        [
+            pipe.vae.encode(b["pixel_values"]).latent_dist.mode().permute(0, 2, 3, 1).reshape(-1, 4)
+            for b in loader
+            if b["num_examples"]
+        ]
+    )
     distances = torch.cdist(codes, latents).min(dim=1).values
     assert distances.max() < 1e-3  # every code is one of the data's latent vectors (up to float noise)

@@ -24,8 +24,11 @@ from edn_pipeline.training_data import (
 )
 
 RES = 32
-CAPTIONS = {"astronaut.png": "an astronaut in a white suit", "coffee.jpg": "a cup of coffee",
-            "cat.png": "a ginger cat"}
+CAPTIONS = {
+    "astronaut.png": "an astronaut in a white suit",
+    "coffee.jpg": "a cup of coffee",
+    "cat.png": "a ginger cat",
+}
 
 
 def _write_photos(folder, captions=True):
@@ -57,8 +60,11 @@ def _transform(**kwargs):
 
 def _batches(dataset, transform, num_workers=0, batch_size=2):
     loader = torch.utils.data.DataLoader(
-        with_training_transform(dataset, transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=collate_fn,
+        with_training_transform(dataset, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
     return list(loader)
 
@@ -81,8 +87,13 @@ def test_imagefolder_with_captions_yields_model_tensors(photo_dir, cache):
     assert -1 <= batch["gray_values"].min() and batch["gray_values"].max() <= 1
     assert 0 <= batch["conditioning_pixel_values"].min() and batch["conditioning_pixel_values"].max() <= 1
     assert batch["captions"] == [dataset[i]["text"] for i in range(2)]
-    expected_ids = tokenizer(batch["captions"], max_length=tokenizer.model_max_length, padding="max_length",
-                             truncation=True, return_tensors="pt").input_ids
+    expected_ids = tokenizer(
+        batch["captions"],
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     torch.testing.assert_close(batch["input_ids"], expected_ids)
 
 
@@ -134,7 +145,7 @@ def test_point_hint_condition_is_what_inference_builds_from_the_same_point(photo
             seeds = np.argwhere(condition[6] == 1.0)
             # One point: a disk of radius 1 pixel, whose centre is within one step of every seed pixel.
             assert 1 <= len(seeds) <= 5
-            (y, x), = [p for p in seeds if np.abs(seeds - p).sum(axis=1).max() <= 1]
+            ((y, x),) = [p for p in seeds if np.abs(seeds - p).sum(axis=1).max() <= 1]
 
             # The hinted pixel has the truth's HSL hue and saturation and the gray's lightness (colorsys reference).
             hue, _, sat = colorsys.rgb_to_hls(*(crop[y, x] / 255.0))
@@ -162,8 +173,14 @@ def test_center_crop_is_the_middle_of_the_resized_photo(tmp_path):
     pixels = (example["pixel_values"] + 1) / 2
     assert pixels[1, :, 2:-2].min() > 0.95 and pixels[[0, 2], :, 2:-2].max() < 0.05
 
-    offsets = {float(_transform(resolution=30, center_crop=False, seed=s).transform_example(
-        Image.fromarray(stripes))["pixel_values"][0].mean()) for s in range(6)}
+    offsets = {
+        float(
+            _transform(resolution=30, center_crop=False, seed=s)
+            .transform_example(Image.fromarray(stripes))["pixel_values"][0]
+            .mean()
+        )
+        for s in range(6)
+    }
     assert len(offsets) > 1, "random crops should move"
 
 
@@ -197,16 +214,23 @@ def test_generic_prompt_rate_is_binomial_and_never_at_zero(photo_dir):
             assert used - {caption} <= set(GENERIC_PROMPTS) and len(used) > 2
 
 
-@pytest.mark.parametrize("make_problem, message", [
-    (lambda tmp: dict(data_dir=tmp / "missing"), "data folder not found"),
-    (lambda tmp: dict(data_dir=_write_text_only(tmp / "empty")), "no images found"),
-    (lambda tmp: dict(data_dir=_write_photos(tmp / "p"), caption_column="caption"),
-     r"caption column 'caption' not found.*available columns: image, text"),
-    (lambda tmp: dict(data_dir=_write_photos(tmp / "p"), image_column="img"),
-     r"image column 'img' not found.*available columns: image, text"),
-    (lambda tmp: dict(), "exactly one of data_dir"),
-    (lambda tmp: dict(data_dir=_write_photos(tmp / "p"), split="validation"), "could not load dataset"),
-])
+@pytest.mark.parametrize(
+    "make_problem, message",
+    [
+        (lambda tmp: dict(data_dir=tmp / "missing"), "data folder not found"),
+        (lambda tmp: dict(data_dir=_write_text_only(tmp / "empty")), "no images found"),
+        (
+            lambda tmp: dict(data_dir=_write_photos(tmp / "p"), caption_column="caption"),
+            r"caption column 'caption' not found.*available columns: image, text",
+        ),
+        (
+            lambda tmp: dict(data_dir=_write_photos(tmp / "p"), image_column="img"),
+            r"image column 'img' not found.*available columns: image, text",
+        ),
+        (lambda tmp: dict(), "exactly one of data_dir"),
+        (lambda tmp: dict(data_dir=_write_photos(tmp / "p"), split="validation"), "could not load dataset"),
+    ],
+)
 def test_loading_problems_raise_one_clear_line(tmp_path, cache, make_problem, message):
     with pytest.raises(EDNInputError, match=message) as info:
         load_image_dataset(cache_dir=cache, **make_problem(tmp_path))
@@ -259,11 +283,16 @@ def test_epoch_changes_draws_and_transform_pickles(photo_dir):
     transform = _transform(no_hint_prob=0.0, center_crop=False)
     first = transform.transform_example(image, "a cat")
     clone = pickle.loads(pickle.dumps(transform))
-    torch.testing.assert_close(clone.transform_example(image, "a cat")["conditioning_pixel_values"],
-                               first["conditioning_pixel_values"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        clone.transform_example(image, "a cat")["conditioning_pixel_values"],
+        first["conditioning_pixel_values"],
+        rtol=0,
+        atol=0,
+    )
     transform.set_epoch(1)
-    assert not torch.equal(transform.transform_example(image, "a cat")["conditioning_pixel_values"],
-                           first["conditioning_pixel_values"])
+    assert not torch.equal(
+        transform.transform_example(image, "a cat")["conditioning_pixel_values"], first["conditioning_pixel_values"]
+    )
 
 
 def test_streaming_imagefolder(photo_dir, cache):

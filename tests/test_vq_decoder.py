@@ -26,8 +26,15 @@ TABLE_3_VARIANTS = {
     "KL-f8 decoder": dict(use_gray_encoder=False),
     "luminance-aware decoder": dict(),
     "VQ-Diffusion decoder": dict(
-        use_quantizer=True, codebook_size=32, use_refiner=True, refiner_dim=16, refiner_layers=1, refiner_heads=2,
-        refiner_cross_attention_dim=16, vq_num_train_timesteps=10, vq_inference_steps=4,
+        use_quantizer=True,
+        codebook_size=32,
+        use_refiner=True,
+        refiner_dim=16,
+        refiner_layers=1,
+        refiner_heads=2,
+        refiner_cross_attention_dim=16,
+        vq_num_train_timesteps=10,
+        vq_inference_steps=4,
     ),
 }
 
@@ -128,7 +135,9 @@ def test_pipeline_exposes_vq_steps_and_temperature(photo):
     assert not np.allclose(off, default) and not np.allclose(default, more)
     np.testing.assert_array_equal(default, run(vq_steps=4))  # the config's vq_inference_steps
     assert not np.allclose(default, run(temperature=3.0))
-    batch = pipe([photo, photo[::-1].copy()], num_inference_steps=2, generator=[seeded(0), seeded(1)], output_type="np").images
+    batch = pipe(
+        [photo, photo[::-1].copy()], num_inference_steps=2, generator=[seeded(0), seeded(1)], output_type="np"
+    ).images
     single = pipe(photo[::-1].copy(), num_inference_steps=2, generator=seeded(1), output_type="np").images
     np.testing.assert_allclose(batch[1], single[0], atol=1e-4)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageOps
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -59,7 +59,8 @@ def training_photos(photos: Path) -> list[Path]:
     found = [
         p
         for p in sorted(photos.rglob("*"))
-        if p.suffix.lower() in IMAGE_SUFFIXES and not (p.name.startswith(HELD_OUT) and p.parent.name in ("bsd100", "urban100"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not (p.name.startswith(HELD_OUT) and p.parent.name in ("bsd100", "urban100"))
     ]
     clothing = [p for p in found if p.parent.name == "clothing"]
     dropped = set(clothing) - set(clothing[::CLOTHING_EVERY])
@@ -90,7 +91,9 @@ def train_tokenizer(corpus: list[str], vocab_size: int, max_length: int) -> CLIP
     """A CLIP tokenizer (same normaliser, pre-tokeniser and BPE form) whose merges are learned from ``corpus``."""
     reference = CLIPTokenizer(vocab={BOS: 0, EOS: 1}, merges=[])._tokenizer
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=EOS))
-    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
     bpe.pre_tokenizer = reference.pre_tokenizer
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
