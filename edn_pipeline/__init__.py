@@ -16,6 +16,7 @@ _LAZY = {
     "EDNPipeline": "pipeline_edn",
     "CCDModel": "ccd",
     "EDNPipelineOutput": "pipeline_output",
+    "EDNVideoPipeline": "video",
     "LuminanceDecoder": "luminance_decoder",
 }
 _PIPELINE_MODULE = f"{__name__}.pipeline_edn"
@@ -78,5 +79,13 @@ sys.meta_path.insert(0, _RegisterWithDiffusers())
 if "diffusers" in sys.modules:  # imported already: register now
     importlib.import_module(_PIPELINE_MODULE)
 
-__all__ = ["EDN_TINY", "CCDModel", "EDNInputError", "EDNPipeline", "EDNPipelineOutput", "LuminanceDecoder"]
+__all__ = [
+    "EDN_TINY",
+    "CCDModel",
+    "EDNInputError",
+    "EDNPipeline",
+    "EDNPipelineOutput",
+    "EDNVideoPipeline",
+    "LuminanceDecoder",
+]
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ import PIL.Image
 from .demo import add_demo_parser
 from .errors import EDNInputError
 from .evaluate import add_evaluate_parser
-from .files import IMAGE_SUFFIXES, atomic_write, remove_stale_temporaries
+from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, atomic_write, remove_stale_temporaries
 
 DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names (torch is imported only when a command runs)
 MODEL_HELP = "a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
@@ -106,16 +106,22 @@ def thread_count(text: str) -> int:
     return value
 
 
-def parse_hint(text: str) -> tuple:
-    """``x,y,#rrggbb`` or ``x,y,#rrggbb,radius``."""
-    parts = text.split(",")
+def parse_hint(text: str) -> tuple | dict:
+    """``x,y,#rrggbb`` or ``x,y,#rrggbb,radius``; ``frame:x,y,#rrggbb[,radius]`` for a video's frame (a dict)."""
+    frame, _, point = text.partition(":") if ":" in text.split(",")[0] else ("", "", text)
+    parts = point.split(",")
     if len(parts) not in (3, 4):
-        raise argparse.ArgumentTypeError(f"hint {text!r} is not x,y,#rrggbb[,radius]")
+        raise argparse.ArgumentTypeError(f"hint {text!r} is not [frame:]x,y,#rrggbb[,radius]")
     try:
         numbers = [float(parts[0]), float(parts[1])] + ([float(parts[3])] if len(parts) == 4 else [])
     except ValueError:
         raise argparse.ArgumentTypeError(f"hint {text!r}: x, y and radius must be numbers") from None
-    return (numbers[0], numbers[1], parts[2], *numbers[2:])
+    if not frame:
+        return (numbers[0], numbers[1], parts[2], *numbers[2:])
+    if not frame.isdigit():
+        raise argparse.ArgumentTypeError(f"hint {text!r}: the frame must be an integer >= 0")
+    radius = {"radius": numbers[2]} if len(numbers) == 3 else {}
+    return {"frame": int(frame), "x": numbers[0], "y": numbers[1], "color": parts[2], **radius}
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -238,9 +244,11 @@ def load_pipeline(model: str | None, device: str, dtype: str):
 def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     """(input, output path relative to ``out_dir``) for files, folders and glob patterns, in a stable order.
 
-    A folder gives its images recursively, except those under ``out_dir``, and its subfolders are mirrored in
-    the outputs; a file (named or matched) keeps only its name. A file found twice counts once.
+    A folder gives its images and videos recursively, except those under ``out_dir``, and its subfolders are mirrored
+    in the outputs; a file (named or matched) keeps only its name. A file found twice counts once. An image's output
+    is a PNG, a video's has its suffix.
     """
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     out_resolved = out_dir.resolve()
     found: dict[Path, tuple[Path, Path]] = {}
     for pattern in patterns:
@@ -251,21 +259,30 @@ def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
         for match in map(Path, matches):
             if match.is_dir():
                 images = [
-                    p for p in sorted(match.rglob("*"))
-                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and out_resolved not in p.resolve().parents
+                    p
+                    for p in sorted(match.rglob("*"))
+                    if p.suffix.lower() in suffixes and p.is_file() and out_resolved not in p.resolve().parents
                 ]
                 if not images:
-                    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-                    raise CLIError(f"no images in folder {shown(match)} (outside --out; looked for {suffixes})")
+                    listed = ", ".join(sorted(suffixes))
+                    raise CLIError(f"no images in folder {shown(match)} (outside --out; looked for {listed})")
                 for path in images:
-                    found.setdefault(path.resolve(), (path, path.relative_to(match).with_suffix(".png")))
+                    found.setdefault(path.resolve(), (path, output_name(path.relative_to(match))))
             elif match.is_file():
-                found.setdefault(match.resolve(), (match, Path(match.name).with_suffix(".png")))
+                found.setdefault(match.resolve(), (match, output_name(Path(match.name))))
             elif match.exists():
                 raise CLIError(f"input {shown(match)} is not a file or a folder")
             else:
                 raise CLIError(f"input {shown(match)} does not exist")
     return list(found.values())
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def output_name(path: Path) -> Path:
+    return path if is_video(path) else path.with_suffix(".png")
 
 
 def output_paths(inputs: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -343,11 +360,29 @@ def read_image(path: Path, decode: bool = True) -> PIL.Image.Image | None:
                     image.load()
                     return image.copy()
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise UnreadableImage(f"larger than the limit of {PIL.Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels "
-                              "(--max-megapixels)") from None
+        raise UnreadableImage(
+            f"larger than the limit of {PIL.Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels (--max-megapixels)"
+        ) from None
     except Exception as error:  # a malformed file can make PIL's decoders fail in any way, not only with OSError
         raise UnreadableImage(one_line(error) or type(error).__name__) from None
     return None
+
+
+def read_header(path: Path) -> None:
+    """Refuse an input whose header does not read, or declares frames over the pixel limit, before the model loads."""
+    if not is_video(path):
+        read_image(path, decode=False)
+        return
+    from .video_io import probe_video
+
+    try:
+        info = probe_video(path)
+    except EDNInputError as error:
+        raise UnreadableImage(error) from None
+    if info.width * info.height > PIL.Image.MAX_IMAGE_PIXELS:
+        raise UnreadableImage(
+            f"frames larger than the limit of {PIL.Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels (--max-megapixels)"
+        )
 
 
 def whole_image_problem(path: Path) -> str | None:
@@ -399,10 +434,15 @@ def pending(pairs: list[tuple[Path, Path]], overwrite: bool) -> list[tuple[Path,
     todo = []
     for path, out in pairs:
         if not overwrite and os.path.lexists(out):
-            problem = whole_image_problem(out)
+            if is_video(out):
+                from .video_io import video_problem
+
+                kind, problem = "video", video_problem(out)
+            else:
+                kind, problem = "image", whole_image_problem(out)
             if problem is None:
                 continue
-            print(f"edn: redoing {shown(out)}: not a whole image ({problem})", file=sys.stderr)
+            print(f"edn: redoing {shown(out)}: not a whole {kind} ({problem})", file=sys.stderr)
         todo.append((path, out))
     if len(todo) < len(pairs):
         print(f"edn: skipping {len(pairs) - len(todo)} already colourised (use --overwrite to redo)", file=sys.stderr)
@@ -412,6 +452,8 @@ def pending(pairs: list[tuple[Path, Path]], overwrite: bool) -> list[tuple[Path,
 def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, failed: list, progress) -> None:
     """Colourise and write ``pairs`` whose headers read; each decoding, pipeline or write failure fails one input."""
     import torch
+
+    image_hints = [hint for hint in args.hint or [] if not isinstance(hint, dict)] or None  # not a video's frames
 
     def decoded():
         for path, out in pairs:
@@ -426,7 +468,7 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
         images = pipe(
             [image for _, _, image in batch],
             prompt=args.prompt,
-            hints=[hints.get(str(path), hints.get(path.name, args.hint or None)) for path, _, _ in batch],
+            hints=[hints.get(str(path), hints.get(path.name, image_hints)) for path, _, _ in batch],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             strength=args.strength,
@@ -448,6 +490,34 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
                 except EDNInputError as error:
                     report_failure(failed, item[0], error)
         progress.update(len(batch))
+
+
+def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, failed: list, progress) -> None:
+    """Colourise each video of ``pairs`` into its output, streamed; a bad video or a failed write fails that one."""
+    import torch
+
+    from .video import EDNVideoPipeline, colorize_video_file
+
+    video_pipe = EDNVideoPipeline(pipe)
+    video_pipe.set_progress_bar_config(disable=progress.disable, leave=False)
+    for path, out in pairs:
+        try:
+            colorize_video_file(
+                video_pipe,
+                path,
+                out,
+                prompt=args.prompt,
+                hints=hints.get(str(path), hints.get(path.name, args.hint or None)),
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                strength=args.strength,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+        except EDNInputError as error:
+            report_failure(failed, path, error)
+        except OSError as error:  # a full disk, a folder where the file goes: this input only
+            report_failure(failed, path, f"cannot write {shown(out)}: {error.strerror or error}")
+        progress.update(1)
 
 
 def colorize(args: argparse.Namespace) -> int:
@@ -475,25 +545,43 @@ def colorize(args: argparse.Namespace) -> int:
         pixel_limit(args.max_megapixels),
         state.split_between_processes(pairs) as mine,  # each process its share of all inputs: the same split in each
     ):
+        if any(is_video(path) for path, _ in mine):
+            from .video_io import require
+
+            try:
+                for module in ("av", "cv2"):
+                    require(module)
+            except ImportError as error:
+                raise CLIError(str(error)) from None
         readable = []
         for path, out in pending(mine, args.overwrite):  # headers only: bad inputs fail before the model loads
             try:
-                read_image(path, decode=False)
+                read_header(path)
                 readable.append((path, out))
             except UnreadableImage as error:
                 report_failure(failed, path, error)
         if readable:
             pipe = load_pipeline(args.model, device, args.dtype)
             limit = int(args.max_megapixels * 1e6)
-            pipe.image_processor = type(pipe.image_processor).from_config(pipe.image_processor.config, max_pixels=limit)
+            pipe.image_processor = type(pipe.image_processor).from_config(
+                pipe.image_processor.config, max_pixels=limit
+            )
             check_steps(pipe, args.steps, args.strength)
-            progress = tqdm(total=len(readable), desc=f"colorizing [{state.process_index}]", unit="image",
-                            disable=None if state.is_local_main_process else True)  # None: on a terminal only
-            colorize_readable(args, pipe, readable, hints, failed, progress)
+            progress = tqdm(
+                total=len(readable),
+                desc=f"colorizing [{state.process_index}]",
+                unit="image",
+                disable=None if state.is_local_main_process else True,
+            )  # None: on a terminal only
+            images = [pair for pair in readable if not is_video(pair[0])]
+            colorize_readable(args, pipe, images, hints, failed, progress)
+            colorize_videos(args, pipe, [pair for pair in readable if is_video(pair[0])], hints, failed, progress)
             progress.close()
     if state.num_processes > 1:
-        print(f"edn: process {state.process_index} colourised {len(mine) - len(failed)} of {len(mine)} inputs",
-              file=sys.stderr)
+        print(
+            f"edn: process {state.process_index} colourised {len(mine) - len(failed)} of {len(mine)} inputs",
+            file=sys.stderr,
+        )
     if failed:
         print(f"edn: {len(failed)} of {len(mine)} inputs failed", file=sys.stderr)
         return 1
@@ -522,16 +610,26 @@ def build_parser() -> argparse.ArgumentParser:
     col = commands.add_parser(
         "colorize",
         help="colourise files, folders or globs into --out",
-        description="Colourise images into PNG files in --out. A folder's subfolders are mirrored there; inputs "
-        "whose outputs would share a name are refused before anything is done. A second run skips outputs that "
-        "are whole images. Exit status: 0 done, 1 some inputs failed (each named), 2 a bad command line.",
+        description="Colourise images into PNG files, and videos into videos of their own format, in --out. A "
+        "folder's subfolders are mirrored there; inputs whose outputs would share a name are refused before anything "
+        "is done. A second run skips outputs that are whole. Exit status: 0 done, 1 some inputs failed (each named), "
+        "2 a bad command line.",
     )
-    col.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    col.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
+    col.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
+    col.add_argument("--out", required=True, help="output folder (PNG files, or videos, named after the inputs)")
     col.add_argument("--model", default=None, help=MODEL_HELP)
     col.add_argument("--prompt", default=None, help="text describing the colours")
-    col.add_argument("--hint", action="append", type=parse_hint, help="x,y,#rrggbb[,radius]; repeatable")
-    col.add_argument("--hints", help="JSON file: {file name: [[x, y, colour(, radius)], ...]}")
+    col.add_argument(
+        "--hint",
+        action="append",
+        type=parse_hint,
+        help="x,y,#rrggbb[,radius], or frame:x,y,#rrggbb[,radius] on a video's frame; repeatable",
+    )
+    col.add_argument(
+        "--hints",
+        help="JSON file: {file name: [[x, y, colour(, radius)], ...]}; a video's hint may name its frame: "
+        '{"frame": 12, "x": 40, "y": 30, "color": "#f5c400"}',
+    )
     col.add_argument("--steps", type=positive_int, default=50, help="denoising steps (default: %(default)s)")
     col.add_argument(
         "--guidance",

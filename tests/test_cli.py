@@ -156,8 +156,23 @@ def test_two_processes_split_the_inputs(model_dir, inputs, tmp_path, photo):
     for i in range(3):
         PIL.Image.fromarray(photo).save(inputs / f"extra{i}.png")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edn_pipeline.cli",
-               "colorize", str(inputs), "--out", str(out), "--model", str(model_dir), "--steps", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "edn_pipeline.cli",
+        "colorize",
+        str(inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--steps",
+        "2",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -185,7 +200,8 @@ def test_subfolders_are_mirrored_so_equal_names_keep_their_own_outputs(model_dir
         expected = (tmp_path / f"alone{sub}" / "001.png").read_bytes()
         assert (tmp_path / "out" / sub / "001.png").read_bytes() == expected
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
-        "1950/001.png", "1951/001.png"
+        "1950/001.png",
+        "1951/001.png",
     ]
 
 
@@ -236,11 +252,14 @@ def test_resume_redoes_broken_outputs_and_removes_its_stale_temporaries(model_di
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG signature and header declaring ``width`` × ``height`` pixels, with no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -304,11 +323,23 @@ def strength_model_dir(tmp_path_factory):
         ("9", "0.1", "--steps 9 at strength 0.1 leaves no step to run; give --steps 10 or more"),
     ],
 )
-def test_steps_the_model_cannot_take_are_one_usage_error(strength_model_dir, inputs, tmp_path, capsys, steps,
-                                                          strength, message):
+def test_steps_the_model_cannot_take_are_one_usage_error(
+    strength_model_dir, inputs, tmp_path, capsys, steps, strength, message
+):
     extra = ["--strength", strength] if strength else []
-    code = main(["colorize", str(inputs), "--out", str(tmp_path / "o"), "--model", str(strength_model_dir),
-                 "--steps", steps, *extra])
+    code = main(
+        [
+            "colorize",
+            str(inputs),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(strength_model_dir),
+            "--steps",
+            steps,
+            *extra,
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"edn: {message}"
