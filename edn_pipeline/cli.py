@@ -219,8 +219,9 @@ def check_writable_folder(flag: str, value, folder: Path) -> None:
         raise CLIError(f"{flag} {shown(value)}: cannot write in {shown(folder)}: {error.strerror or error}") from None
 
 
-def load_pipeline(model: str | None, device: str, dtype: str):
-    """The named model, or edn-tiny when ``model`` is None, quietly: no loading progress bars or log lines."""
+def load_pipeline(model: str | None, device: str, dtype: str, max_megapixels: float | None = None):
+    """The named model, or edn-tiny when ``model`` is None, quietly: no loading progress bars or log lines; with
+    ``max_megapixels``, its image processor takes inputs up to that size (the command's --max-megapixels)."""
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging
@@ -235,6 +236,9 @@ def load_pipeline(model: str | None, device: str, dtype: str):
     except Exception as error:  # a malformed model folder can make diffusers fail in any way, not only OSError
         raise CLIError(f"cannot load model {model!r}: {one_line(error) or type(error).__name__}") from None
     pipe.set_progress_bar_config(disable=True)
+    if max_megapixels is not None:
+        limit = int(max_megapixels * 1e6)
+        pipe.image_processor = type(pipe.image_processor).from_config(pipe.image_processor.config, max_pixels=limit)
     return pipe.to(device)
 
 
@@ -561,11 +565,7 @@ def colorize(args: argparse.Namespace) -> int:
             except UnreadableImage as error:
                 report_failure(failed, path, error)
         if readable:
-            pipe = load_pipeline(args.model, device, args.dtype)
-            limit = int(args.max_megapixels * 1e6)
-            pipe.image_processor = type(pipe.image_processor).from_config(
-                pipe.image_processor.config, max_pixels=limit
-            )
+            pipe = load_pipeline(args.model, device, args.dtype, args.max_megapixels)
             check_steps(pipe, args.steps, args.strength)
             progress = tqdm(
                 total=len(readable),

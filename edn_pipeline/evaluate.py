@@ -595,7 +595,7 @@ def _evaluate(args: argparse.Namespace, device: str, scoring: bool) -> tuple[str
             "vq_steps": args.vq_steps,
             "strength": args.strength,
         }
-        pipe = load_pipeline(args.model, device, args.dtype)
+        pipe = load_pipeline(args.model, device, args.dtype, args.max_megapixels)
         if "temperature" in dict(args.sweep) and getattr(pipe.decoder, "refiner", None) is None:
             print(
                 "edn: warning: this model's decoder has no token refiner, so temperature does not change its output",

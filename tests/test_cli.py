@@ -17,7 +17,7 @@ import torch
 from skimage.color import rgb2lab
 
 from edn_pipeline import EDNPipeline
-from edn_pipeline.cli import build_parser, main
+from edn_pipeline.cli import build_parser, load_pipeline, main
 from edn_pipeline.testing_utils import tiny_components
 
 
@@ -399,3 +399,9 @@ def test_evaluate_names_a_decompression_bomb_on_a_line_of_its_own_after_the_bar(
     err = sys.stderr.getvalue()
     assert "evaluating:  50%" in err
     assert re.search(r"\nedn: cannot read image '\S*z.png': larger than the limit of 100 megapixels\n$", err)
+
+
+def test_max_megapixels_reaches_the_pipelines_image_processor(model_dir):
+    """Inputs the command accepts from their header are accepted by the pipeline too (colorize and evaluate)."""
+    assert load_pipeline(str(model_dir), "cpu", "float32", 150).image_processor.config.max_pixels == 150_000_000
+    assert load_pipeline(str(model_dir), "cpu", "float32").image_processor.config.max_pixels == 100_000_000
