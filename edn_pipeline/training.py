@@ -31,7 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+try:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+except ImportError as error:  # the colourising install leaves the training dependencies out
+    raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 from safetensors.torch import load_file, save_file
 from torch import nn
 
