@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 try:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 except ImportError as error:  # the colourising install leaves the training dependencies out
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from .losses import ccd_loss, chroma_l1, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
 from .mask_and_replace import q_sample
