@@ -379,6 +379,9 @@ def test_page_in_a_real_browser(served_demo, browser_page, tmp_path):
     assert np.array_equal(np.asarray(downloaded.convert("RGB")), np.asarray(after.convert("RGB")))
 
     page.wait_for_timeout(400)  # let the output fade in
+    for close in page.locator(".toast-close").all():  # the refused upload's message: not part of the README's picture
+        close.click()
+    page.wait_for_function("() => !document.querySelector('[data-testid=toast-body]')")
     page.screenshot(path=SCREENSHOT, full_page=True)
 
     page.click("#edn-clear-hints")
