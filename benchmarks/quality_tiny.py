@@ -205,17 +205,14 @@ def photo_rows(pipe, args, number: int, photo: np.ndarray) -> tuple[dict[str, np
 
 
 def grid_choice(paths: list[Path], count: int) -> set[int]:
-    """The first ``count`` photos, the last swapped for the first photo of the other orientation if they all share
-    one: portrait photos are where a grid's columns drift apart."""
+    """The first ``count`` photos of the orientation most photos have: rows of one orientation fill the grid's
+    columns, where a portrait photo among landscape ones would leave white space beside it."""
     portrait = []
     for path in paths:
         with PIL.Image.open(path) as image:
             portrait.append(image.height > image.width)
-    chosen = list(range(min(count, len(paths))))
-    others = [i for i, tall in enumerate(portrait) if tall != portrait[0]]
-    if len(chosen) > 1 and others and all(portrait[i] == portrait[0] for i in chosen):
-        chosen[-1] = others[0]
-    return set(chosen)
+    common = sum(portrait) * 2 > len(portrait)
+    return set([i for i, tall in enumerate(portrait) if tall == common][:count])
 
 
 def evaluate(pipe, args, paths: list[Path]) -> tuple[dict, dict, float, list]:
