@@ -19,7 +19,7 @@ from pathlib import Path
 import PIL.Image
 
 from .demo import add_demo_parser
-from .errors import EDNInputError
+from .errors import EDNInputError, one_line
 from .evaluate import add_evaluate_parser
 from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, atomic_write, remove_stale_temporaries
 
@@ -46,10 +46,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"edn: {message} (see {self.prog} --help)\n")
-
-
-def one_line(text) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def shown(path) -> str:
@@ -234,7 +230,7 @@ def load_pipeline(model: str | None, device: str, dtype: str, max_megapixels: fl
     try:
         pipe = EDNPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
     except Exception as error:  # a malformed model folder can make diffusers fail in any way, not only OSError
-        raise CLIError(f"cannot load model {model!r}: {one_line(error) or type(error).__name__}") from None
+        raise CLIError(f"cannot load model {model!r}: {one_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
     if max_megapixels is not None:
         limit = int(max_megapixels * 1e6)
@@ -368,7 +364,7 @@ def read_image(path: Path, decode: bool = True) -> PIL.Image.Image | None:
             f"larger than the limit of {PIL.Image.MAX_IMAGE_PIXELS / 1e6:g} megapixels (--max-megapixels)"
         ) from None
     except Exception as error:  # a malformed file can make PIL's decoders fail in any way, not only with OSError
-        raise UnreadableImage(one_line(error) or type(error).__name__) from None
+        raise UnreadableImage(one_line(error)) from None
     return None
 
 
@@ -395,7 +391,7 @@ def whole_image_problem(path: Path) -> str | None:
         with PIL.Image.open(path) as image:
             image.verify()  # the PNG's chunks and checksums, to its end, without decoding
     except Exception as error:  # any failure to read it back means it is not a done output
-        return one_line(error) or type(error).__name__
+        return one_line(error)
     return None
 
 

@@ -9,7 +9,9 @@ class EDNInputError(ValueError):
 
 
 def one_line(error: BaseException | str) -> str:
-    """An exception's message (or a text) on one line, at most MESSAGE_LIMIT characters; the exception's type
+    """An exception's message (or a text) on one line, at most MESSAGE_LIMIT characters; an exception's type
     name when it has no message."""
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."

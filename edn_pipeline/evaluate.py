@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import PIL.Image
 import PIL.ImageOps
 
-from .errors import EDNInputError
+from .errors import EDNInputError, one_line
 from .files import IMAGE_SUFFIXES, atomic_write
 
 if TYPE_CHECKING:
@@ -537,7 +537,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Run ``edn evaluate``; print the tables, write --json/--markdown; returns the exit status."""
-    from .cli import CLIError, check_device, check_output_file, default_device, one_line, pixel_limit, torch_settings
+    from .cli import CLIError, check_device, check_output_file, default_device, pixel_limit, torch_settings
 
     scoring = args.pred is not None or args.gt is not None
     sweeping = args.model is not None or args.data is not None or bool(args.sweep)

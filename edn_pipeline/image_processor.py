@@ -9,7 +9,6 @@ all go through it, so training and inference see the same gray image and conditi
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -79,27 +78,7 @@ class EDNImageProcessor(ConfigMixin):
         with warnings.catch_warnings():
             # Pillow warns from 89 megapixels; max_pixels is the limit that decides.
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            if isinstance(image, (str, os.PathLike)):
-                try:
-                    with PIL.Image.open(image) as opened:  # reads the header only
-                        self._check_size(opened.size, f"{os.fspath(image)}: ")
-                except (OSError, PIL.Image.DecompressionBombError):
-                    pass  # read_pixels names the problem
-            elif isinstance(image, PIL.Image.Image):
-                self._check_size(image.size, "")
-            elif isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim >= 2:
-                channels_first = isinstance(image, torch.Tensor) and image.ndim == 3
-                height, width = image.shape[-2:] if channels_first else image.shape[:2]
-                self._check_size((width, height), "")
-            return read_pixels(image)
-
-    def _check_size(self, size: tuple[int, int], source: str) -> None:
-        width, height = size
-        if width * height > self.config.max_pixels:
-            raise EDNInputError(
-                f"{source}image is {width}×{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
-                f"{self.config.max_pixels / 1e6:.1f} (EDNImageProcessor(max_pixels=...) raises it)"
-            )
+            return read_pixels(image, self.config.max_pixels)
 
     def preprocess(self, images: list, hints: list, device: torch.device | str | None = None) -> EDNImages:
         """The model's inputs for ``images`` (any supported input) with their ``hints`` (one entry per image).

@@ -303,27 +303,36 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def read_pixels(image) -> torch.Tensor:
+def read_pixels(image, max_pixels: int | None = None) -> torch.Tensor:
     """The sRGB pixels of ``image`` as a CPU tensor (H, W, C), C in 1, 3, 4: uint8, or float32 in [0, 1].
 
     Accepts what :func:`to_lightness` accepts (uint16 and bool become float32 and uint8 without loss) and raises
     EDNInputError for anything else: the one place where an input's type, shape, mode and values are checked.
+    An image of more than ``max_pixels`` is refused before it is decoded (a file's size is in its header).
     """
     if isinstance(image, Image.Image):
-        return _pixels_from_pil(image, source="")
+        return _pixels_from_pil(image, source="", max_pixels=max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        return _pixels_from_path(image)
+        return _pixels_from_path(image, max_pixels)
     if isinstance(image, np.ndarray):
-        return _pixels_from_array(image)
+        return _pixels_from_array(image, max_pixels)
     if isinstance(image, torch.Tensor):
-        return _pixels_from_array(_array_from_tensor(image))
+        return _pixels_from_array(_array_from_tensor(image), max_pixels)
     raise EDNInputError(
         f"unsupported image type {type(image).__name__}; expected a PIL image, "
         "a file path, a numpy array or a torch tensor"
     )
 
 
-def _pixels_from_path(path) -> torch.Tensor:
+def _check_size(width: int, height: int, max_pixels: int | None, source: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise EDNInputError(
+            f"{source}image is {width}×{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:.1f} (max_pixels raises it)"
+        )
+
+
+def _pixels_from_path(path, max_pixels: int | None) -> torch.Tensor:
     path = os.fspath(path)
     try:
         image = Image.open(path)
@@ -332,11 +341,12 @@ def _pixels_from_path(path) -> torch.Tensor:
     except Exception as exc:  # PIL raises many types for unreadable files
         raise EDNInputError(f"could not read image: {path}: {one_line(exc)}") from None
     with image:
-        return _pixels_from_pil(image, source=f"{path}: ")
+        return _pixels_from_pil(image, source=f"{path}: ", max_pixels=max_pixels)
 
 
-def _pixels_from_pil(image: Image.Image, source: str) -> torch.Tensor:
+def _pixels_from_pil(image: Image.Image, source: str, max_pixels: int | None) -> torch.Tensor:
     """Decode and upright `image`, then take its pixels according to its mode."""
+    _check_size(image.width, image.height, max_pixels, source)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -387,20 +397,15 @@ def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
 
 
-def _pixels_from_array(pixels: np.ndarray) -> torch.Tensor:
+def _pixels_from_array(pixels: np.ndarray, max_pixels: int | None = None) -> torch.Tensor:
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
         raise EDNInputError(
             f"expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {pixels.shape}"
         )
     _check_not_empty(pixels.shape)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    kind, size = pixels.dtype.kind, pixels.dtype.itemsize
-    if kind == "b":
-        return torch.from_numpy(pixels.astype(np.uint8) * np.uint8(255))
-    if kind == "u" and size == 1:
-        return _tensor_of(pixels)
-    return _unit_float(_tensor_of(pixels))
+    _check_size(pixels.shape[1], pixels.shape[0], max_pixels, "")
+    tensor = _tensor_of(pixels if pixels.ndim == 3 else pixels[..., None])
+    return tensor if tensor.dtype == torch.uint8 else _unit_float(tensor)
 
 
 def _tensor_of(pixels: np.ndarray) -> torch.Tensor:

@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel, load_ccd
-from .errors import EDNInputError
+from .errors import EDNInputError, one_line
 from .image_processor import EDNImageProcessor
 from .luminance_decoder import LuminanceDecoder
 from .pipeline_output import EDNPipelineOutput
@@ -137,9 +137,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         try:
             return super().from_pretrained(name, **kwargs)
         except (OSError, ValueError) as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
             raise EDNInputError(
-                f"cannot load an EDN pipeline from {str(name)!r}: {reason[:300]} -- give a folder saved with "
+                f"cannot load an EDN pipeline from {str(name)!r}: {one_line(error)} -- give a folder saved with "
                 "save_pretrained (it holds model_index.json), or a Hub id while online"
             ) from error
 

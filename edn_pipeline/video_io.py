@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import EDNInputError
+from .errors import EDNInputError, one_line
 from .files import atomic_write
 from .luminance import read_pixels
 
@@ -52,8 +52,7 @@ def require(module: str):
 
 def _message(error: Exception) -> str:
     """FFmpeg's reason without its errno and file name, on one line."""
-    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return " ".join(str(text).split())
+    return one_line(getattr(error, "strerror", None) or error)
 
 
 @dataclass(frozen=True)
