@@ -138,6 +138,18 @@ def chroma_l1(pred_rgb: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:
     return (lab_chroma(pred_rgb) - lab_chroma(target_rgb)).abs().mean() / 100
 
 
+# a*b* are divided by this to become latent targets: CIE chroma of photos spreads over about ±40, latents ~±3.
+LATENT_CHROMA_UNIT = 20.0
+
+
+def latent_chroma_l1(latent_mean: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:
+    """Mean |Δ| between the first two latent channels and the image's CIE a*b* averaged over each latent cell
+    (in units of ``LATENT_CHROMA_UNIT``): a latent that holds the colour of its cell by construction, which a
+    luminance-aware decoder only has to spread along the gray image's edges."""
+    chroma = F.adaptive_avg_pool2d(lab_chroma(target_rgb.float()), latent_mean.shape[-2:]) / LATENT_CHROMA_UNIT
+    return (latent_mean[:, :2].float() - chroma).abs().mean()
+
+
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) over dim 1, averaged over tokens: one value per example, in nats per token."""
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean(dim=-1)

@@ -39,7 +39,7 @@ try:
 except ImportError as error:  # the colourising install leaves the training dependencies out
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
-from .losses import ccd_loss, chroma_l1, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
+from .losses import ccd_loss, chroma_l1, diffusion_loss, latent_chroma_l1, predicted_x0, total_loss, vq_diffusion_loss
 from .mask_and_replace import q_sample
 
 STAGES = ("vae", "ccd", "decoder", "refiner", "joint")
@@ -129,6 +129,12 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         help="vae stage: train the encoder with the VAE's own decoder, or with the luminance-aware decoder",
     )
     add("--chroma_weight", type=float, default=0.0, help="vae stage: weight of the L1 on CIE a*b* (units of 100)")
+    add(
+        "--latent_chroma_weight",
+        type=float,
+        default=0.0,
+        help="vae stage: weight of an L1 that makes the first two latent channels the a*b* averaged over each cell",
+    )
     add("--train_unet_lora", action="store_true", help="add a peft LoRA to the UNet and train it")
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
@@ -179,8 +185,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--max_hint_points must be at least 1")
     if args.ccd_condition_init != "keep" and args.stage not in ("ccd", "joint"):
         parser.error("--ccd_condition_init belongs to the ccd and joint stages")
-    if args.stage != "vae" and (args.vae_decoder != "kl" or args.chroma_weight):
-        parser.error("--vae_decoder and --chroma_weight belong to the vae stage")
+    if args.stage != "vae" and (args.vae_decoder != "kl" or args.chroma_weight or args.latent_chroma_weight):
+        parser.error("--vae_decoder, --chroma_weight and --latent_chroma_weight belong to the vae stage")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -209,9 +215,11 @@ class EDNTrainingModel(nn.Module):
         kl_weight: float,
         vae_decoder: str = "kl",
         chroma_weight: float = 0.0,
+        latent_chroma_weight: float = 0.0,
     ):
         super().__init__()
         self.kl_weight, self.vae_decoder, self.chroma_weight = kl_weight, vae_decoder, chroma_weight
+        self.latent_chroma_weight = latent_chroma_weight
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
         self.noise_scheduler = noise_scheduler
@@ -244,8 +252,9 @@ class EDNTrainingModel(nn.Module):
         return losses
 
     def vae_losses(self, pixels, gray, generator):
-        """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*) and a small KL to the unit Gaussian.
-        The luminance-aware decoder is given the grayscale image."""
+        """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*, and ``latent_chroma_weight`` times the
+        latent's distance to the cells' a*b*) and a small KL to the unit Gaussian. The luminance-aware decoder is
+        given the grayscale image."""
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.sample(generator)
         if self.vae_decoder == "luminance":
@@ -259,6 +268,9 @@ class EDNTrainingModel(nn.Module):
         if self.chroma_weight:
             losses["chroma"] = chroma_l1((decoded.float() + 1) / 2, (pixels.float() + 1) / 2)
             loss = loss + self.chroma_weight * losses["chroma"]
+        if self.latent_chroma_weight:
+            losses["latent_chroma"] = latent_chroma_l1(posterior.mean, (pixels.float() + 1) / 2)
+            loss = loss + self.latent_chroma_weight * losses["latent_chroma"]
         return {"loss": loss, **losses}
 
     def ccd_losses(self, latents, text, batch, generator):
@@ -797,6 +809,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         args.kl_weight,
         args.vae_decoder,
         args.chroma_weight,
+        args.latent_chroma_weight,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():

@@ -8,7 +8,15 @@ import torch
 from diffusers import DDPMScheduler, VQDiffusionScheduler
 from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
-from edn_pipeline.losses import ccd_loss, diffusion_loss, predicted_x0, total_loss, vq_diffusion_loss
+from edn_pipeline.losses import (
+    LATENT_CHROMA_UNIT,
+    ccd_loss,
+    diffusion_loss,
+    latent_chroma_l1,
+    predicted_x0,
+    total_loss,
+    vq_diffusion_loss,
+)
 from edn_pipeline.mask_and_replace import q_sample
 
 # BT.601 full-range chroma rows, the convention ccd_loss documents.
@@ -262,3 +270,21 @@ def test_total_loss_weights_the_terms():
     assert total_loss(1.0, 2.0, 3.0) == pytest.approx(1.0 + 0.1 * 2.0 + 0.6 * 3.0)
     terms = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
     assert total_loss(*terms, lambda_ccd=0.5, lambda_vq=1.0).item() == pytest.approx(5.0)
+
+
+def test_latent_chroma_l1_is_the_distance_to_each_cells_colour():
+    from skimage.color import rgb2lab
+
+    # Two latent cells of 8×8 pixels, one red and one blue: each cell's target is its own CIE a*b*.
+    rgb = np.zeros((8, 16, 3))
+    rgb[:, :8] = (0.8, 0.1, 0.1)
+    rgb[:, 8:] = (0.1, 0.2, 0.9)
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    cells = np.stack([rgb2lab(rgb[:1, :1])[0, 0, 1:], rgb2lab(rgb[:1, 8:9])[0, 0, 1:]], axis=-1) / LATENT_CHROMA_UNIT
+    exact = torch.zeros(1, 4, 1, 2)
+    exact[0, :2, 0] = torch.from_numpy(cells).float()
+    exact[0, 2:] = 5.0  # the other channels are free
+    assert latent_chroma_l1(exact, image).item() == pytest.approx(0.0, abs=1e-4)
+    off = exact.clone()
+    off[0, 0, 0, 1] += 0.4  # a* of the blue cell off by 0.4 units: one of four values
+    assert latent_chroma_l1(off, image).item() == pytest.approx(0.1, abs=1e-4)

@@ -290,7 +290,10 @@ def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, phot
     [
         (["--train_data_dir", "/nonexistent"], "is not a folder"),
         (["--caption_column", "caption"], "caption column 'caption' not found"),
-        (["--vae_decoder", "luminance"], "--vae_decoder and --chroma_weight belong to the vae stage"),
+        (
+            ["--vae_decoder", "luminance"],
+            "--vae_decoder, --chroma_weight and --latent_chroma_weight belong to the vae stage",
+        ),
     ],
 )
 def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, message):
@@ -343,6 +346,7 @@ def test_a_vae_stage_resumed_after_its_last_step_exports_again(tiny_sd, photos, 
         (None, ["--stage", "ccd", "--vae_decoder", "luminance"]),
         ("decoder", ["--chroma_weight", "1"]),
         ("joint", ["--vae_decoder", "luminance", "--chroma_weight", "0.5"]),
+        ("ccd", ["--latent_chroma_weight", "1"]),
     ],
 )
 def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
@@ -356,10 +360,12 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
         capsys.readouterr()
         .err.strip()
         .splitlines()[-1]
-        .endswith("error: --vae_decoder and --chroma_weight belong to the vae stage")
+        .endswith("error: --vae_decoder, --chroma_weight and --latent_chroma_weight belong to the vae stage")
     )
-    args = parse_args(common + ["--vae_decoder", "luminance", "--chroma_weight", "1"], stage="vae")
-    assert (args.vae_decoder, args.chroma_weight) == ("luminance", 1.0)
+    args = parse_args(
+        common + ["--vae_decoder", "luminance", "--chroma_weight", "1", "--latent_chroma_weight", "2"], stage="vae"
+    )
+    assert (args.vae_decoder, args.chroma_weight, args.latent_chroma_weight) == ("luminance", 1.0, 2.0)
     assert parse_args(common + ["--vae_decoder", "kl"], stage="ccd").vae_decoder == "kl"  # the default: accepted
 
 
@@ -400,15 +406,18 @@ def test_vae_stage_with_the_luminance_decoder_trains_and_exports_it(tiny_sd, pho
         "luminance",
         "--chroma_weight",
         1,
+        "--latent_chroma_weight",
+        1,
         "--max_train_steps",
         20,
         "--learning_rate",
         3e-3,
     )
     chroma, reconstruction = logged(out, "chroma"), logged(out, "reconstruction")
-    assert sorted(chroma) == sorted(reconstruction) == list(range(1, 21))
+    latent_chroma = logged(out, "latent_chroma")
+    assert sorted(chroma) == sorted(reconstruction) == sorted(latent_chroma) == list(range(1, 21))
     assert all(np.isfinite(list(chroma.values()))) and all(v > 0 for v in chroma.values())
-    for losses in (chroma, reconstruction):
+    for losses in (chroma, reconstruction, latent_chroma):
         assert np.mean([losses[s] for s in range(16, 21)]) < np.mean([losses[s] for s in range(1, 6)])
 
     pipe = EDNPipeline.from_pretrained(out)
