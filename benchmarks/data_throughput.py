@@ -18,18 +18,18 @@ import numpy as np
 import PIL.Image
 import torch
 
-from edn_pipeline.hint_sampling import sample_training_hints
 from edn_pipeline.hints import hint_condition
 from edn_pipeline.image_processor import EDNImageProcessor
 from edn_pipeline.luminance import lightness, read_pixels
 from edn_pipeline.testing_utils import tiny_tokenizer
-from edn_pipeline.training_data import (
+from edn_pipeline.training.data import (
     TrainingExampleTransform,
     _decode,
     collate_fn,
     load_image_dataset,
     with_training_transform,
 )
+from edn_pipeline.training.hint_sampling import sample_training_hints
 
 
 def throughput(dataset, transform, workers: int, batch_size: int, batches: int) -> tuple[float, int]:

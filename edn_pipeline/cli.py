@@ -588,7 +588,7 @@ def colorize(args: argparse.Namespace) -> int:
 
 
 def export_hub_command(args: argparse.Namespace) -> int:
-    from .hub_export import export_hub
+    from .training.hub_export import export_hub
 
     if not Path(args.model_dir).exists() and "/" not in args.model_dir:
         raise CLIError(f"model {args.model_dir!r} is neither a folder nor a Hub id")

@@ -9,8 +9,9 @@ every propagated colour keeps the hint's HSL hue and saturation but takes the
 input's own lightness (the gray value), so hints never change the image's
 structure.  The confidence channel fades with edge-aware distance from the
 hints, so the adapter can tell a hinted object from one the colour only
-reached by interpolation.  Training (:mod:`edn_pipeline.hint_sampling`) renders
-its hints through the same :func:`propagate_hints`.
+reached by interpolation.  Training
+(:mod:`edn_pipeline.training.hint_sampling`) renders its hints through the same
+:func:`propagate_hints`.
 
 Coordinates are continuous input-pixel coordinates: x grows to the right, y
 downwards, and pixel (i, j) covers ``i <= x < i + 1``, ``j <= y < j + 1``.
@@ -140,7 +141,7 @@ def _resize(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def relight(colours: np.ndarray, lightness: np.ndarray) -> np.ndarray:
     """Hue and saturation of ``colours`` (N, 3) with HSL lightness ``lightness`` (N,): hints never change tones.
 
-    Training (:mod:`edn_pipeline.hint_sampling`) and inference share this rule, so their conditions match.
+    Training (:mod:`edn_pipeline.training.hint_sampling`) and inference share this rule, so their conditions match.
     """
     hue, sat = _rgb_to_hue_sat(colours)
     return _hsl_to_rgb(hue, sat, lightness)

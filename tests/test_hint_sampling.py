@@ -14,14 +14,14 @@ from skimage import data, transform
 from skimage.segmentation import slic
 
 from edn_pipeline.errors import EDNInputError
-from edn_pipeline.hint_sampling import (
+from edn_pipeline.hints import PROPAGATION_SIDE, propagate_hints
+from edn_pipeline.luminance import gray_from_lightness, to_lightness
+from edn_pipeline.training.hint_sampling import (
     TRAIN_SLIC_COMPACTNESS,
     TRAIN_SLIC_SEGMENTS,
     quantized_superpixels,
     sample_training_hints,
 )
-from edn_pipeline.hints import PROPAGATION_SIDE, propagate_hints
-from edn_pipeline.luminance import gray_from_lightness, to_lightness
 
 # Points default to a disk of radius 1 pixel at these sizes: the pixel under the point and its 4 neighbours.
 DISK_PIXELS = 5

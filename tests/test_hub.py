@@ -15,8 +15,8 @@ from huggingface_hub import ModelCard
 
 from edn_pipeline import CCDModel, EDNPipeline
 from edn_pipeline.cli import main
-from edn_pipeline.model_card import render_model_card
 from edn_pipeline.testing_utils import tiny_components
+from edn_pipeline.training.model_card import render_model_card
 
 LOAD_WITHOUT_PACKAGE = textwrap.dedent(
     """

@@ -8,7 +8,8 @@ import torch
 from diffusers import DDPMScheduler, VQDiffusionScheduler
 from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
-from edn_pipeline.losses import (
+from edn_pipeline.mask_and_replace import q_sample
+from edn_pipeline.training.losses import (
     LATENT_CHROMA_UNIT,
     ccd_loss,
     diffusion_loss,
@@ -17,7 +18,6 @@ from edn_pipeline.losses import (
     total_loss,
     vq_diffusion_loss,
 )
-from edn_pipeline.mask_and_replace import q_sample
 
 # BT.601 full-range chroma rows, the convention ccd_loss documents.
 CB = (-0.168736, -0.331264, 0.5)

@@ -350,7 +350,7 @@ def test_a_vae_stage_resumed_after_its_last_step_exports_again(tiny_sd, photos, 
     ],
 )
 def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
-    from edn_pipeline.training import parse_args
+    from edn_pipeline.training.trainer import parse_args
 
     common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
     with pytest.raises(SystemExit) as info:
@@ -382,7 +382,7 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
     ],
 )
 def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):
-    from edn_pipeline.training import parse_args
+    from edn_pipeline.training.trainer import parse_args
 
     with pytest.raises(SystemExit) as info:
         parse_args(["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos), *extra])
@@ -519,8 +519,8 @@ def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
 
     import torch
 
-    from edn_pipeline.training import init_codebook_from_data, load_starting_pipeline
-    from edn_pipeline.training_data import TrainingExampleTransform, collate_fn, load_image_dataset
+    from edn_pipeline.training.data import TrainingExampleTransform, collate_fn, load_image_dataset
+    from edn_pipeline.training.trainer import init_codebook_from_data, load_starting_pipeline
 
     args = argparse.Namespace(
         pretrained_model_name_or_path=str(tiny_sd),

@@ -11,17 +11,17 @@ from PIL import Image
 from skimage import data
 
 from edn_pipeline.errors import EDNInputError
-from edn_pipeline.hint_sampling import quantized_superpixels
 from edn_pipeline.hints import hint_condition, parse_hints, propagate_hints, render_hints
 from edn_pipeline.image_processor import EDNImageProcessor
 from edn_pipeline.testing_utils import tiny_tokenizer
-from edn_pipeline.training_data import (
+from edn_pipeline.training.data import (
     GENERIC_PROMPTS,
     TrainingExampleTransform,
     collate_fn,
     load_image_dataset,
     with_training_transform,
 )
+from edn_pipeline.training.hint_sampling import quantized_superpixels
 
 RES = 32
 CAPTIONS = {

@@ -166,8 +166,8 @@ def test_vq_steps_on_a_decoder_without_refiner_is_refused(pipe, photo):
 @pytest.mark.slow
 def test_training_the_refiner_on_fixed_tokens_lowers_the_variational_bound(parts):
     """A few dozen Adam steps on one token grid: the Eq. 6 bound, on held-fixed draws of t and x_t, falls."""
-    from edn_pipeline.losses import vq_diffusion_loss
     from edn_pipeline.mask_and_replace import q_sample
+    from edn_pipeline.training.losses import vq_diffusion_loss
 
     torch.manual_seed(0)
     decoder = parts["decoder"]

@@ -6,7 +6,7 @@
 See `python training/train_decoder.py --help` and the README ("Fine-tune").
 """
 
-from edn_pipeline.training import main
+from edn_pipeline.training.trainer import main
 
 if __name__ == "__main__":
     main(stage="decoder")

@@ -4,7 +4,7 @@
         --train_data_dir photos/ --output_dir edn-joint
 """
 
-from edn_pipeline.training import main
+from edn_pipeline.training.trainer import main
 
 if __name__ == "__main__":
     main()

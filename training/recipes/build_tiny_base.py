@@ -20,7 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from edn_pipeline.colour_terms import BASIC_COLOUR_TERMS, colour_caption, colour_terms
 from edn_pipeline.files import IMAGE_SUFFIXES
-from edn_pipeline.training_data import GENERIC_PROMPTS
+from edn_pipeline.training.data import GENERIC_PROMPTS
 
 HELD_OUT = "img_09"  # bsd100/img_09* and urban100/img_09*: never trained on (shared/data/photos/README.md)
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"

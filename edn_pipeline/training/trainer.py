@@ -15,7 +15,7 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   it; with ``--vae_decoder luminance`` the encoder is trained together with the luminance-aware decoder, which
   sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
-All losses come from :mod:`edn_pipeline.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
+All losses come from :mod:`edn_pipeline.training.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
 drawn from a generator seeded by (seed, epoch, step, process), so a resumed run repeats an uninterrupted one.
 """
 
@@ -39,8 +39,8 @@ try:
 except ImportError as error:  # the colourising install leaves the training dependencies out
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
+from ..mask_and_replace import q_sample
 from .losses import ccd_loss, chroma_l1, diffusion_loss, latent_chroma_l1, predicted_x0, total_loss, vq_diffusion_loss
-from .mask_and_replace import q_sample
 
 STAGES = ("vae", "ccd", "decoder", "refiner", "joint")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -353,9 +353,9 @@ def load_starting_pipeline(args):
     whether its decoder got a new, untrained codebook (``--decoder_vq``)."""
     from huggingface_hub import hf_hub_download
 
-    from .ccd import load_ccd
-    from .luminance_decoder import LuminanceDecoder
-    from .pipeline_edn import EDNPipeline
+    from ..ccd import load_ccd
+    from ..luminance_decoder import LuminanceDecoder
+    from ..pipeline_edn import EDNPipeline
 
     source = args.pretrained_model_name_or_path
     index = Path(source, "model_index.json")
@@ -587,7 +587,7 @@ def adopt_trained_vae(pipe, latent_std: float, vae_decoder: str) -> None:
     """After the vae stage: SD's latent scaling (1 / std), and a luminance-aware decoder that decodes the new
     latents: the one trained with the encoder (its weights also copied into the VAE's own decoder, which then
     lacks only the grayscale features), or one restarted from the new VAE decoder."""
-    from .luminance_decoder import VAE_CONFIG_KEYS, LuminanceDecoder
+    from ..luminance_decoder import VAE_CONFIG_KEYS, LuminanceDecoder
 
     pipe.vae.register_to_config(scaling_factor=1.0 / latent_std)
     if vae_decoder == "luminance":
@@ -661,7 +661,7 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
 
 
 def push_to_hub(args) -> None:
-    """Upload the model as a repo that plain diffusers loads too (see :mod:`edn_pipeline.hub_export`)."""
+    """Upload the model as a repo that plain diffusers loads too (see :mod:`edn_pipeline.training.hub_export`)."""
     import tempfile
 
     from huggingface_hub import create_repo, upload_folder
@@ -687,8 +687,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    from .errors import EDNInputError
-    from .training_data import TrainingExampleTransform, collate_fn, load_image_dataset, with_training_transform
+    from ..errors import EDNInputError
+    from .data import TrainingExampleTransform, collate_fn, load_image_dataset, with_training_transform
 
     args = parse_args(argv, stage)
     log = get_logger(__name__)

@@ -3,8 +3,8 @@
 diffusers loads a pipeline's own code when ``model_index.json`` names it: ``_class_name`` as
 ``[module, class]`` with ``module.py`` beside the index, and each custom component as ``[module, class]``
 with ``module.py`` in the component's folder (``pipeline_loading_utils.get_class_obj_and_candidates``).
-The code files are this package's own modules, copied with the modules they import, so
-``DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`` runs the same code as ``edn_pipeline``.
+The code files are the shipped model's own modules (flat at the package's top), copied with the modules they
+import, so ``DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`` runs the same code as ``edn_pipeline``.
 diffusers copies only the files an entry module imports *directly*, so each entry point is a generated module
 that imports every module of its closure.
 """
@@ -15,9 +15,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .files import atomic_folder
+from ..files import atomic_folder
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the shipped model: modules that import each other as ``from .x``
 PIPELINE_MODULE = "pipeline_edn"
 CUSTOM_COMPONENTS = {"ccd": "ccd", "decoder": "luminance_decoder"}  # component -> the module defining its class
 ENTRY_PREFIX = "edn_remote_"
@@ -56,7 +56,7 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     half-written repo. ``out_dir`` may be missing, empty or an earlier export (which is replaced); anything else
     there is refused with FileExistsError before the model is loaded, rather than replaced.
     """
-    from .pipeline_edn import EDNPipeline
+    from ..pipeline_edn import EDNPipeline
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -24,7 +24,7 @@ Each example becomes
   photo's own size, then resized);
 - ``conditioning_pixel_values`` (7, H, W) in [0, 1]: the adapter's condition,
   :func:`~edn_pipeline.hints.hint_condition` of the gray and of hints sampled by
-  :func:`~edn_pipeline.hint_sampling.sample_training_hints`;
+  :func:`~edn_pipeline.training.hint_sampling.sample_training_hints`;
 - ``input_ids`` (model_max_length,): the tokenized caption, replaced by a random generic prompt with
   probability ``generic_prompt_prob`` or when the caption is empty (paper §2.1), and by the empty prompt with
   probability ``proportion_empty_prompts`` (as diffusers' training scripts: the empty prompt is what
@@ -52,7 +52,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import EDNInputError, one_line
+from ..errors import EDNInputError, one_line
+from ..hints import hint_condition
+from ..image_processor import EDNImageProcessor
+from ..luminance import lightness, read_pixels
+from ..pipeline_edn import DEFAULT_PROMPT
 from .hint_sampling import (
     MAX_HINT_POINTS,
     TRAIN_N_COLORS,
@@ -60,10 +64,6 @@ from .hint_sampling import (
     check_hint_options,
     sample_training_hints,
 )
-from .hints import hint_condition
-from .image_processor import EDNImageProcessor
-from .luminance import lightness, read_pixels
-from .pipeline_edn import DEFAULT_PROMPT
 
 __all__ = [
     "GENERIC_PROMPTS",
@@ -236,7 +236,7 @@ class TrainingExampleTransform:
         tokenizer: the pipeline's CLIP tokenizer; ``None`` leaves out ``input_ids`` (``caption`` stays).
         image_column, caption_column: the dataset's columns; ``caption_column=None`` means no captions.
         hint_ratio, no_hint_prob, point_hint_prob, max_hint_points, n_segments, n_colors: passed to
-            :func:`~edn_pipeline.hint_sampling.sample_training_hints`.
+            :func:`~edn_pipeline.training.hint_sampling.sample_training_hints`.
         generic_prompt_prob: probability of replacing a (non-empty) caption by a generic prompt.
         proportion_empty_prompts: probability of training with the empty prompt instead.
         generic_prompts: the generic prompts, drawn uniformly.

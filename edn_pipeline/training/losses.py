@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from diffusers import VQDiffusionScheduler
 from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
-from .luminance import lab_chroma
-from .mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, q_xt_given_x0_log_probs
+from ..luminance import lab_chroma
+from ..mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, q_xt_given_x0_log_probs
 
 __all__ = [
     "CCDLoss",

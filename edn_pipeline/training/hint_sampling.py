@@ -23,8 +23,8 @@ from scipy.cluster.vq import kmeans2
 from skimage.color import lab2rgb, rgb2lab
 from skimage.segmentation import slic
 
-from .errors import EDNInputError
-from .hints import HintPoint, point_seeds, propagate_hints
+from ..errors import EDNInputError
+from ..hints import HintPoint, point_seeds, propagate_hints
 
 __all__ = [
     "TRAIN_SLIC_SEGMENTS",
