@@ -7,7 +7,7 @@ decoded back three ways, given the photo's grayscale image:
 2. the luminance-aware decoder with the token refinement off (its quantiser, if it has one, still runs);
 3. the luminance-aware decoder with the refinement on (``--vq-steps``).
 
-It prints PSNR / SSIM against the photo (from :mod:`edn_pipeline.metrics`) and the decoding time per image.
+It prints PSNR / SSIM against the photo (from :mod:`edn_pipeline.evaluation.metrics`) and the decoding time per image.
 
     python benchmarks/decoder_reconstruction.py --model edn-tiny --data ../shared/data/photos/bsd100 --held-out
 """
@@ -22,8 +22,8 @@ import PIL.Image
 import torch
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.evaluation.metrics import psnr, ssim
 from edn_pipeline.files import IMAGE_SUFFIXES
-from edn_pipeline.metrics import psnr, ssim
 
 
 def load(path: Path, pipe: EDNPipeline) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Score an EDN model on the held-out photos against the gray floor, Levin et al.'s baseline and its latent ceiling.
 
 One run answers what the hints, the words and the autoencoder each give. Rows (PSNR, SSIM, colourfulness from
-:mod:`edn_pipeline.metrics`, means over the photos):
+:mod:`edn_pipeline.evaluation.metrics`, means over the photos):
 
 * the grayscale input itself as the output (the floor);
 * EDN given the first K of 50 seeded ground-truth points, for each K of ``--hint-counts`` (the points of a smaller
@@ -45,9 +45,9 @@ import torch
 
 from edn_pipeline import EDNPipeline
 from edn_pipeline.colour_terms import BASIC_COLOUR_TERMS, colour_caption, colour_terms, term_chroma
+from edn_pipeline.evaluation.metrics import colourfulness, psnr, ssim
 from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.luminance import chroma, gray_from_lightness, to_lightness, to_uint8
-from edn_pipeline.metrics import colourfulness, psnr, ssim
 from edn_pipeline.propagation import levin_colorize
 
 try:  # only --curve needs it; a Figure made without pyplot draws with the Agg backend

@@ -40,8 +40,8 @@ import PIL.Image
 import torch
 
 from edn_pipeline import EDNPipeline
+from edn_pipeline.evaluation.metrics import psnr
 from edn_pipeline.luminance import chroma, gray_image, to_uint8
-from edn_pipeline.metrics import psnr
 from edn_pipeline.video import EDNVideoPipeline
 from edn_pipeline.video_io import export_to_video, read_video
 

@@ -17,7 +17,8 @@ import torch
 from skimage.color import rgb2lab
 
 from edn_pipeline import EDNPipeline
-from edn_pipeline.cli import build_parser, load_pipeline, main
+from edn_pipeline.commands.common import load_pipeline
+from edn_pipeline.commands.edn_cli import build_parser, main
 from edn_pipeline.testing_utils import tiny_components
 
 
@@ -163,7 +164,7 @@ def test_two_processes_split_the_inputs(model_dir, inputs, tmp_path, photo):
         "--nproc_per_node",
         "2",
         "-m",
-        "edn_pipeline.cli",
+        "edn_pipeline.commands.edn_cli",
         "colorize",
         str(inputs),
         "--out",

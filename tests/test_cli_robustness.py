@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from edn_pipeline import EDNPipeline
-from edn_pipeline.cli import main
+from edn_pipeline.commands.edn_cli import main
 from edn_pipeline.testing_utils import tiny_components
 
 MODEL = "<model>"  # replaced by the tiny model's folder
@@ -665,7 +665,7 @@ def test_an_input_whose_pixels_do_not_decode_is_skipped_by_name(decode_run, case
 # edn's main on the arguments given, then the heavy libraries it imported
 IMPORTS_PROBE = """
 import sys
-from edn_pipeline.cli import main
+from edn_pipeline.commands.edn_cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as exit_info:
@@ -676,7 +676,7 @@ sys.exit(code)
 # edn's main, killed by SIGKILL when it renames its second output into place: that output's temporary file is whole
 KILLED_BEFORE_SECOND_RENAME = """
 import os, signal, sys
-from edn_pipeline.cli import main
+from edn_pipeline.commands.edn_cli import main
 replace, outputs = os.replace, []
 
 def replace_or_die(source, target):
@@ -693,7 +693,7 @@ sys.exit(main(sys.argv[1:]))
 
 def edn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edn_pipeline.cli", *args],
+        [sys.executable, "-m", "edn_pipeline.commands.edn_cli", *args],
         capture_output=True,
         text=True,
         env=ENV,
@@ -786,7 +786,7 @@ def test_a_batch_killed_at_any_point_resumes_to_what_an_uninterrupted_run_gives(
 
     # 2. the real command, killed as soon as it has written one more output
     process = subprocess.Popen(
-        [sys.executable, "-m", "edn_pipeline.cli", *args, "--out", "out"],
+        [sys.executable, "-m", "edn_pipeline.commands.edn_cli", *args, "--out", "out"],
         env=ENV,
         cwd=sandbox,
         stdout=subprocess.DEVNULL,

@@ -13,8 +13,8 @@ import pytest
 from skimage import data, transform
 
 from edn_pipeline import EDNPipeline
-from edn_pipeline import demo as edn_demo
-from edn_pipeline.demo import (
+from edn_pipeline.commands import demo as edn_demo
+from edn_pipeline.commands.demo import (
     add_demo_parser,
     add_hint,
     build_demo,
@@ -253,7 +253,7 @@ def test_demo_command_loads_the_model_and_serves_it(tmp_path, monkeypatch):
 
 
 def test_demo_command_without_gradio_says_what_to_install(monkeypatch):
-    from edn_pipeline.cli import CLIError
+    from edn_pipeline.commands.common import CLIError
 
     def no_gradio():
         raise ImportError("the demo needs Gradio: pip install 'edn-pipeline[demo]'")
@@ -264,7 +264,7 @@ def test_demo_command_without_gradio_says_what_to_install(monkeypatch):
 
 
 def test_demo_command_reports_a_missing_model_in_one_line(tmp_path):
-    from edn_pipeline.cli import CLIError
+    from edn_pipeline.commands.common import CLIError
 
     args = demo_parser().parse_args(["demo", "--model", str(tmp_path / "nothing-here")])
     with pytest.raises(CLIError, match="cannot load model"):

@@ -13,7 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from edn_pipeline import EDN_TINY, CCDModel, EDNPipeline, LuminanceDecoder
-from edn_pipeline.cli import main
+from edn_pipeline.commands.edn_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,18 @@ import PIL.Image
 import pytest
 import torch
 
-from edn_pipeline import EDNPipeline, metrics
-from edn_pipeline.cli import CLIError
+from edn_pipeline import EDNPipeline
+from edn_pipeline.commands.common import CLIError
+from edn_pipeline.commands.evaluate import add_evaluate_parser
 from edn_pipeline.errors import EDNInputError
-from edn_pipeline.evaluate import (
-    add_evaluate_parser,
-    evaluate_folders,
-    sweep,
-    sweep_markdown,
-    table4,
-)
+from edn_pipeline.evaluation import metrics
+from edn_pipeline.evaluation.evaluate import evaluate_folders, sweep, sweep_markdown, table4
 from edn_pipeline.luminance import gray_image
 from edn_pipeline.testing_utils import tiny_components
 
 
 def run(*argv) -> int:
-    """`edn evaluate ...` as cli.main runs it, without touching cli.py."""
+    """`edn evaluate ...` as edn_cli.main runs it, without touching edn_cli.py."""
     parser = argparse.ArgumentParser(prog="edn")
     add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", *map(str, argv)])

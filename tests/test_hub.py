@@ -14,7 +14,7 @@ from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipelin
 from huggingface_hub import ModelCard
 
 from edn_pipeline import CCDModel, EDNPipeline
-from edn_pipeline.cli import main
+from edn_pipeline.commands.edn_cli import main
 from edn_pipeline.testing_utils import tiny_components
 from edn_pipeline.training.model_card import render_model_card
 

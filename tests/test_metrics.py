@@ -11,8 +11,8 @@ import torch
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from edn_pipeline import metrics
 from edn_pipeline.errors import EDNInputError
+from edn_pipeline.evaluation import metrics
 
 
 def noisy(image: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edn_pipeline import EDNInputError, EDNPipeline, EDNVideoPipeline
-from edn_pipeline.cli import main, parse_hint
+from edn_pipeline.commands.colorize import parse_hint
+from edn_pipeline.commands.edn_cli import main
 from edn_pipeline.files import VIDEO_SUFFIXES
 from edn_pipeline.luminance import chroma, to_lightness
 from edn_pipeline.testing_utils import tiny_components

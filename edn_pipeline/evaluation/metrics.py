@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from .errors import EDNInputError
+from ..errors import EDNInputError
 
 LPIPS_UNAVAILABLE = (
     "needs --lpips-weights, ImageNet AlexNet weights such as torchvision's alexnet-owt-7be5be79.pth; "

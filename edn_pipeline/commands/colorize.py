@@ -1,8 +1,7 @@
-"""The ``edn`` command line: ``edn colorize``, ``edn evaluate``, ``edn demo`` and ``edn export-hub``.
+"""``edn colorize``: colourise image and video files, folders and globs into an output folder.
 
-torch, diffusers and transformers are imported inside the commands, when one runs, so that ``edn --help`` and
-every usage error answer at once. Every problem is one line on stderr: exit status 2 for a bad command line
-(checked before any work starts), 1 when some inputs of a batch failed (each named; the others are done).
+Every input is checked before the model loads: its header read, its output path free of collisions; a second run
+skips the outputs that are whole. One failing input is named and skipped, the others are done (exit status 1).
 """
 
 import argparse
@@ -11,95 +10,38 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import PIL.Image
 
-from .demo import add_demo_parser
-from .errors import EDNInputError, one_line
-from .evaluate import add_evaluate_parser
-from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, atomic_write, remove_stale_temporaries
+from ..errors import EDNInputError, one_line
+from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, atomic_write, remove_stale_temporaries
+from .common import (
+    DEFAULT_MAX_MEGAPIXELS,
+    MODEL_HELP,
+    CLIError,
+    add_runtime_arguments,
+    check_device,
+    check_writable_folder,
+    load_pipeline,
+    non_negative_float,
+    pixel_limit,
+    positive_float,
+    positive_int,
+    seed,
+    shown,
+    torch_settings,
+    unit_fraction,
+)
 
-DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names (torch is imported only when a command runs)
-MODEL_HELP = "a Hub id or a local folder saved with save_pretrained (default: edn-tiny, shipped with edn)"
-# An A4 page scanned at 1,000 dpi is 97 megapixels; a larger one is more likely a broken or hostile header.
-DEFAULT_MAX_MEGAPIXELS = 100.0  # as EDNImageProcessor.max_pixels
-MAX_SEED = 2**64 - 1  # the range of torch.Generator.manual_seed
 # What PIL may decode an input as, whatever its name: photo formats that need no external program (EPS would
 # run Ghostscript on a file that merely calls itself .png).
 INPUT_FORMATS = ("BMP", "GIF", "JPEG", "JPEG2000", "PNG", "PPM", "TIFF", "WEBP")
 
 
-class CLIError(Exception):
-    """A problem with the command line itself: reported in one line, exit status 2."""
-
-
 class UnreadableImage(Exception):
     """An input that cannot be decoded, or is over the pixel limit: that input is skipped, the batch goes on."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line like every other error of edn; the usage itself is one ``--help`` away."""
-
-    def error(self, message: str):
-        self.exit(2, f"edn: {message} (see {self.prog} --help)\n")
-
-
-def shown(path) -> str:
-    """A path as it can be printed on one line (quoted, with escapes, if it holds a newline or undecodable bytes)."""
-    return str(path) if str(path).isprintable() else repr(str(path))
-
-
-# ------------------------------------------------------------------------------------------------- argument types
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def unit_fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64-1, got {text}")
-    return value
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def thread_count(text: str) -> int:
-    value, cpus = int(text), usable_cpus()
-    if not 1 <= value <= cpus:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {cpus} (the CPUs this process may use), got {value}")
-    return value
 
 
 def parse_hint(text: str) -> tuple | dict:
@@ -118,127 +60,6 @@ def parse_hint(text: str) -> tuple | dict:
         raise argparse.ArgumentTypeError(f"hint {text!r}: the frame must be an integer >= 0")
     radius = {"radius": numbers[2]} if len(numbers) == 3 else {}
     return {"frame": int(frame), "x": numbers[0], "y": numbers[1], "color": parts[2], **radius}
-
-
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """--device, --dtype and --threads, as every command that runs a model takes them."""
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if there is one)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="float16 needs a GPU (default: float32)")
-    parser.add_argument(
-        "--threads",
-        type=thread_count,
-        default=max(1, usable_cpus() // 2),
-        help="torch's CPU threads (default: half the CPUs, here %(default)s: torch's threads wait for each other, "
-        "so with one per core a core busy elsewhere stalls them all)",
-    )
-
-
-# ------------------------------------------------------------------------------------------------- shared checks
-
-
-def check_device(name: str) -> str:
-    """``name`` if this machine has that device; a CLIError saying what it has otherwise."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.type == "cpu":
-        return name
-    accelerator = torch.accelerator.current_accelerator()
-    if accelerator is None or accelerator.type != device.type:
-        has = f"its accelerator is {accelerator.type}" if accelerator is not None else "it has only the cpu"
-        raise CLIError(f"--device {name!r}: this machine has no {device.type} device ({has})")
-    count = torch.accelerator.device_count()
-    if device.index is not None and device.index >= count:
-        raise CLIError(f"--device {name!r}: this machine has {count} {device.type} device(s), numbered from 0")
-    return name
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextmanager
-def torch_settings(device: str, dtype: str, threads: int):
-    """Refuse float16 on a CPU (it runs there several times slower than float32); torch on ``threads`` threads."""
-    import torch
-
-    if dtype == "float16" and torch.device(device).type == "cpu":
-        raise CLIError("--dtype float16 runs several times slower than float32 on a CPU; use it on a GPU")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextmanager
-def pixel_limit(megapixels: float):
-    """PIL refuses images over ``megapixels`` when it reads their header, before decoding a pixel.
-
-    PIL itself only warns between its limit and twice it; here both raise, and are reported as one skipped input.
-    """
-    previous = PIL.Image.MAX_IMAGE_PIXELS
-    PIL.Image.MAX_IMAGE_PIXELS = max(1, int(megapixels * 1e6))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            yield
-    finally:
-        PIL.Image.MAX_IMAGE_PIXELS = previous
-
-
-def check_output_file(flag: str, path: str) -> None:
-    """A report file named by ``flag`` must be writable before hours of work, not after (missing folders are made)."""
-    target = Path(path)
-    if path == "":
-        raise CLIError(f"{flag} is empty")
-    if target.is_dir():
-        raise CLIError(f"{flag} {shown(path)} is a folder, not a file name")
-    existing = next(folder for folder in target.absolute().parents if os.path.lexists(folder))
-    check_writable_folder(flag, path, existing)
-
-
-def check_writable_folder(flag: str, value, folder: Path) -> None:
-    if not folder.is_dir():
-        problem = "is not a folder" if os.path.lexists(folder) else "does not exist"
-        raise CLIError(f"{flag} {shown(value)}: {shown(folder)} {problem}")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise CLIError(f"{flag} {shown(value)}: cannot write in {shown(folder)}: {error.strerror or error}") from None
-
-
-def load_pipeline(model: str | None, device: str, dtype: str, max_megapixels: float | None = None):
-    """The named model, or edn-tiny when ``model`` is None, quietly: no loading progress bars or log lines; with
-    ``max_megapixels``, its image processor takes inputs up to that size (the command's --max-megapixels)."""
-    import diffusers.utils.logging
-    import torch
-    import transformers.utils.logging
-
-    from .pipeline_edn import EDNPipeline
-
-    for logging in (diffusers.utils.logging, transformers.utils.logging):
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
-    try:
-        pipe = EDNPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
-    except Exception as error:  # a malformed model folder can make diffusers fail in any way, not only OSError
-        raise CLIError(f"cannot load model {model!r}: {one_line(error)}") from None
-    pipe.set_progress_bar_config(disable=True)
-    if max_megapixels is not None:
-        limit = int(max_megapixels * 1e6)
-        pipe.image_processor = type(pipe.image_processor).from_config(pipe.image_processor.config, max_pixels=limit)
-    return pipe.to(device)
-
-
-# ------------------------------------------------------------------------------------------------- colorize
 
 
 def find_inputs(patterns: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -373,7 +194,7 @@ def read_header(path: Path) -> None:
     if not is_video(path):
         read_image(path, decode=False)
         return
-    from .video_io import probe_video
+    from ..video_io import probe_video
 
     try:
         info = probe_video(path)
@@ -435,7 +256,7 @@ def pending(pairs: list[tuple[Path, Path]], overwrite: bool) -> list[tuple[Path,
     for path, out in pairs:
         if not overwrite and os.path.lexists(out):
             if is_video(out):
-                from .video_io import video_problem
+                from ..video_io import video_problem
 
                 kind, problem = "video", video_problem(out)
             else:
@@ -496,7 +317,7 @@ def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, fa
     """Colourise each video of ``pairs`` into its output, streamed; a bad video or a failed write fails that one."""
     import torch
 
-    from .video import EDNVideoPipeline, colorize_video_file
+    from ..video import EDNVideoPipeline, colorize_video_file
 
     video_pipe = EDNVideoPipeline(pipe)
     video_pipe.set_progress_bar_config(disable=progress.disable, leave=False)
@@ -520,7 +341,7 @@ def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, fa
         progress.update(1)
 
 
-def colorize(args: argparse.Namespace) -> int:
+def colorize_command(args: argparse.Namespace) -> int:
     try:
         (args.prompt or "").encode("utf-8")
     except UnicodeEncodeError:  # bytes the system's encoding could not decode reach Python as lone surrogates
@@ -546,7 +367,7 @@ def colorize(args: argparse.Namespace) -> int:
         state.split_between_processes(pairs) as mine,  # each process its share of all inputs: the same split in each
     ):
         if any(is_video(path) for path, _ in mine):
-            from .video_io import require
+            from ..video_io import require
 
             try:
                 for module in ("av", "cv2"):
@@ -584,26 +405,9 @@ def colorize(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------- export-hub
-
-
-def export_hub_command(args: argparse.Namespace) -> int:
-    from .training.hub_export import export_hub
-
-    if not Path(args.model_dir).exists() and "/" not in args.model_dir:
-        raise CLIError(f"model {args.model_dir!r} is neither a folder nor a Hub id")
-    try:
-        out = export_hub(args.model_dir, args.out_dir)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot export {args.model_dir!r}: {one_line(error)}") from None
-    print(f"wrote {out}: load it with DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="edn", description="Colourise grayscale photos with EDN.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    col = commands.add_parser(
+def add_colorize_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``edn colorize`` to the ``edn`` command's subparsers."""
+    col = subparsers.add_parser(
         "colorize",
         help="colourise files, folders or globs into --out",
         description="Colourise images into PNG files, and videos into videos of their own format, in --out. A "
@@ -646,27 +450,5 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip larger inputs, judged from their header before decoding (default: %(default)s)",
     )
     col.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
-    col.set_defaults(run=colorize)
-    add_evaluate_parser(commands)
-    add_demo_parser(commands)
-    export = commands.add_parser("export-hub", help="write a Hub repo folder that plain diffusers loads")
-    export.add_argument("model_dir", help="an EDN pipeline folder or Hub id")
-    export.add_argument("out_dir", help="the repo folder to write: new, empty or an earlier export (replaced)")
-    export.set_defaults(run=export_hub_command)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (CLIError, EDNInputError) as error:
-        print(f"edn: {one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edn: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    col.set_defaults(run=colorize_command)
+    return col

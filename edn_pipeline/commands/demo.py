@@ -25,7 +25,17 @@ import PIL.ImageColor
 import PIL.ImageDraw
 import PIL.ImageOps
 
-from .errors import EDNInputError
+from ..errors import EDNInputError
+from .common import (
+    MODEL_HELP,
+    CLIError,
+    add_runtime_arguments,
+    check_device,
+    default_device,
+    load_pipeline,
+    positive_float,
+    torch_settings,
+)
 
 MB = 1024 * 1024  # as Gradio counts its max_file_size
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -199,7 +209,7 @@ def colourise(
     """
     import torch
 
-    from .luminance import gray_image
+    from ..luminance import gray_image
 
     if image is None:
         raise EDNInputError("upload a photo first")
@@ -431,28 +441,19 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``edn demo`` to the ``edn`` command's subparsers."""
-    from .cli import MODEL_HELP, add_runtime_arguments
-
     demo = subparsers.add_parser("demo", help="serve the interactive web demo (needs the [demo] extra)")
     demo.add_argument("--model", default=None, help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     demo.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     add_runtime_arguments(demo)
     demo.add_argument(
-        "--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted, in MB"
+        "--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted, in MB"
     )
     demo.add_argument(
         "--max-upload-megapixels",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_MAX_UPLOAD_PIXELS / 1e6,
         help="largest image accepted, in megapixels",
     )
@@ -462,8 +463,6 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from .cli import CLIError, check_device, default_device, load_pipeline, torch_settings
-
     try:
         _require_gradio()
     except ImportError as error:
