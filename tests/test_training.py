@@ -515,25 +515,13 @@ def test_ccd_condition_init_random_restarts_the_condition_input_from_nonzero_wei
 
 
 def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
-    import argparse
-
     import torch
 
     from edn_pipeline.training.data import TrainingExampleTransform, collate_fn, load_image_dataset
     from edn_pipeline.training.trainer import init_codebook_from_data, load_starting_pipeline
 
-    args = argparse.Namespace(
-        pretrained_model_name_or_path=str(tiny_sd),
-        revision=None,
-        variant=None,
-        controlnet_model_name_or_path=None,
-        decoder_vq=True,
-        codebook_size=8,
-        vq_num_train_timesteps=8,
-        refiner_layers=1,
-        refiner_dim=16,
-    )
-    pipe, new_codebook = load_starting_pipeline(args)
+    vq_options = dict(codebook_size=8, vq_num_train_timesteps=8, refiner_layers=1, refiner_dim=16)
+    pipe, new_codebook = load_starting_pipeline(str(tiny_sd), vq_options=vq_options)
     assert new_codebook
     dataset = load_image_dataset(data_dir=photos).with_transform(TrainingExampleTransform(32, pipe.tokenizer))
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_fn)

@@ -39,6 +39,7 @@ try:
 except ImportError as error:  # the colourising install leaves the training dependencies out
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
+from ..errors import EDNInputError
 from ..mask_and_replace import q_sample
 from .losses import ccd_loss, chroma_l1, diffusion_loss, latent_chroma_l1, predicted_x0, total_loss, vq_diffusion_loss
 
@@ -348,36 +349,104 @@ def gray_for(decoder, batch) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------------------------- set-up
 
 
-def load_starting_pipeline(args):
-    """An EDN pipeline to start from (a saved EDN as it is, or an untrained EDN around an SD checkpoint), and
-    whether its decoder got a new, untrained codebook (``--decoder_vq``)."""
+def start_accelerator(
+    output_dir: str,
+    logging_dir: str,
+    seed: int,
+    gradient_accumulation_steps: int,
+    mixed_precision: str | None,
+    report_to: str,
+    allow_tf32: bool,
+):
+    """accelerate's Accelerator for the run (trackers logging into ``output_dir/logging_dir``, ``report_to``
+    "none" for none), the libraries' logging set for this process, and the seed set."""
+    import diffusers
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with=None if report_to == "none" else report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    get_logger(__name__).info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_info()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+    set_seed(seed)
+    if allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+    return accelerator
+
+
+def load_training_dataset(args: argparse.Namespace):
+    """The photos of ``--train_data_dir`` or ``--dataset_name``; a problem with them ends the run in one line,
+    before any model is loaded."""
+    from .data import load_image_dataset
+
+    try:
+        return load_image_dataset(
+            data_dir=args.train_data_dir,
+            dataset_name=args.dataset_name,
+            dataset_config=args.dataset_config_name,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            streaming=args.streaming,
+            cache_dir=args.cache_dir,
+        )
+    except EDNInputError as error:
+        raise SystemExit(f"edn training: {error}") from None
+
+
+def load_starting_pipeline(
+    source: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    controlnet: str | None = None,
+    vq_options: dict | None = None,
+):
+    """An EDN pipeline to start from (a saved EDN as it is, or an untrained EDN around an SD checkpoint; its adapter
+    from the ControlNet ``controlnet`` if given), and whether its decoder got a new, untrained codebook.
+
+    ``vq_options`` (``--decoder_vq``: ``codebook_size``, ``vq_num_train_timesteps``, ``refiner_layers``,
+    ``refiner_dim``) give a decoder without a quantiser one, and a token refiner.
+    """
     from huggingface_hub import hf_hub_download
 
     from ..ccd import load_ccd
     from ..luminance_decoder import LuminanceDecoder
     from ..pipeline_edn import EDNPipeline
 
-    source = args.pretrained_model_name_or_path
     index = Path(source, "model_index.json")
     if not index.is_file():
-        index = Path(hf_hub_download(source, "model_index.json", revision=args.revision))
-    load = dict(revision=args.revision, variant=args.variant)
+        index = Path(hf_hub_download(source, "model_index.json", revision=revision))
+    load = dict(revision=revision, variant=variant)
     if json.loads(index.read_text()).get("_class_name") == "EDNPipeline":
         pipe = EDNPipeline.from_pretrained(source, **load)
-        if args.controlnet_model_name_or_path:
-            pipe.register_modules(ccd=load_ccd(args.controlnet_model_name_or_path, revision=args.revision))
+        if controlnet:
+            pipe.register_modules(ccd=load_ccd(controlnet, revision=revision))
     else:
-        pipe = EDNPipeline.from_stable_diffusion(source, ccd=args.controlnet_model_name_or_path, **load)
-    if args.decoder_vq and pipe.decoder.quantizer is None:
+        pipe = EDNPipeline.from_stable_diffusion(source, ccd=controlnet, **load)
+    if vq_options is not None and pipe.decoder.quantizer is None:
         config = {k: v for k, v in pipe.decoder.config.items() if not k.startswith("_")}
         config.update(
             use_quantizer=True,
             use_refiner=True,
-            codebook_size=args.codebook_size,
-            vq_num_train_timesteps=args.vq_num_train_timesteps,
-            vq_inference_steps=min(config.get("vq_inference_steps", 20), args.vq_num_train_timesteps),
-            refiner_layers=args.refiner_layers,
-            refiner_dim=args.refiner_dim,
+            codebook_size=vq_options["codebook_size"],
+            vq_num_train_timesteps=vq_options["vq_num_train_timesteps"],
+            vq_inference_steps=min(config.get("vq_inference_steps", 20), vq_options["vq_num_train_timesteps"]),
+            refiner_layers=vq_options["refiner_layers"],
+            refiner_dim=vq_options["refiner_dim"],
             refiner_cross_attention_dim=pipe.text_encoder.config.hidden_size,
         )
         decoder = LuminanceDecoder(**config)
@@ -413,59 +482,250 @@ def init_codebook_from_data(pipe, dataloader, seed: int) -> None:
     quantizer.embedding.weight.copy_(vectors[chosen].to(quantizer.embedding.weight))
 
 
-def trainable_modules(pipe, args) -> dict[str, nn.Module]:
+def trainable_modules(
+    pipe, stage: str, vae_decoder: str = "kl", ccd_condition_init: str = "keep", train_unet: bool = False
+) -> dict[str, nn.Module]:
     """Freeze what the stage keeps fixed; return the trained components by name."""
     for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
         module.requires_grad_(False)
     trained = {}
-    if args.stage == "vae":
+    if stage == "vae":
         trained["vae"] = pipe.vae
-        if args.vae_decoder == "luminance":
+        if vae_decoder == "luminance":
             trained["decoder"] = pipe.decoder
-    if args.stage in ("ccd", "joint"):
+    if stage in ("ccd", "joint"):
         trained["ccd"] = pipe.ccd
-        if args.ccd_condition_init == "random":
+        if ccd_condition_init == "random":
             # ControlNet's zero convolution protects a pretrained UNet from an untrained adapter; trained together
             # from scratch there is nothing to protect, and from zero the condition stayed unused (edn-tiny: after
             # 500 steps it moved the adapter's residuals by about 1 %, and every photo got the same colours).
             pipe.ccd.controlnet_cond_embedding.conv_out.reset_parameters()
-    if args.stage in ("decoder", "joint"):
+    if stage in ("decoder", "joint"):
         trained["decoder"] = pipe.decoder
-    if args.stage == "refiner":
+    if stage == "refiner":
         if pipe.decoder.refiner is None:
             raise ValueError("the refiner stage needs a decoder with a token refiner (train one with --decoder_vq)")
         trained["decoder"] = pipe.decoder  # saved whole; only its refiner's parameters are given gradients below
-    if args.train_unet:
+    if train_unet:
         trained["unet"] = pipe.unet
     for module in trained.values():
         module.requires_grad_(True)
         module.train()
-    if args.stage == "refiner":
+    if stage == "refiner":
         pipe.decoder.requires_grad_(False)
         pipe.decoder.refiner.requires_grad_(True)
-    if args.train_unet_lora:
-        from peft import LoraConfig
+    return trained
 
-        pipe.unet.add_adapter(
-            LoraConfig(
-                r=args.lora_rank,
-                lora_alpha=args.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-            )
+
+def add_unet_lora(unet, rank: int) -> None:
+    """A peft LoRA on the frozen UNet's attention projections: only its own weights are trained."""
+    from peft import LoraConfig
+
+    unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights="gaussian",
+            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
         )
-    if args.gradient_checkpointing:
-        for module in (*trained.values(), *([pipe.unet] if args.train_unet_lora else [])):
+    )
+
+
+def save_memory(pipe, trained: dict[str, nn.Module], lora: bool, gradient_checkpointing: bool, xformers: bool) -> None:
+    """Gradient checkpointing in what is trained (the UNet too, for its LoRA); xformers' attention in the UNet and
+    the adapter."""
+    if gradient_checkpointing:
+        for module in (*trained.values(), *([pipe.unet] if lora else [])):
             module.enable_gradient_checkpointing()
-    if args.enable_xformers_memory_efficient_attention:
+    if xformers:
         for module in (pipe.unet, pipe.ccd):
             module.enable_xformers_memory_efficient_attention()
-    return trained
+
+
+def place_components(pipe, trained: dict[str, nn.Module], lora: bool, accelerator) -> torch.dtype:
+    """Every component on the accelerator's device, the frozen ones in the mixed-precision dtype (trained ones stay
+    float32); returns that dtype."""
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for name in ("vae", "text_encoder", "unet", "ccd", "decoder"):
+        module = getattr(pipe, name).to(accelerator.device)
+        if name not in trained and not (name == "unet" and lora) and module.dtype != weight_dtype:
+            module.to(dtype=weight_dtype)
+    return weight_dtype
+
+
+def ema_models(trained: dict[str, nn.Module], decay: float) -> dict[str, EMAModel]:
+    """An exponential moving average of each trained component (``--use_ema``); model_cls and model_config let
+    EMAModel save itself in diffusers' format."""
+    return {
+        name: EMAModel(module.parameters(), decay=decay, model_cls=type(module), model_config=module.config)
+        for name, module in trained.items()
+    }
+
+
+def training_dataloader(dataset, tokenizer, args: argparse.Namespace):
+    """The examples' transform (the loop sets its epoch) and the DataLoader of the transformed ``dataset``."""
+    from .data import TrainingExampleTransform, collate_fn, with_training_transform
+
+    transform = TrainingExampleTransform(
+        resolution=args.resolution,
+        tokenizer=tokenizer,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        hint_ratio=tuple(args.hint_ratio),
+        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no hints where unused
+        point_hint_prob=args.point_hint_prob,
+        max_hint_points=args.max_hint_points,
+        generic_prompt_prob=args.generic_prompt_prob,
+        proportion_empty_prompts=args.proportion_empty_prompts,
+        seed=args.seed,
+        center_crop=not args.random_crop,
+    )
+    dataloader = torch.utils.data.DataLoader(
+        with_training_transform(dataset, transform),
+        shuffle=not args.streaming,
+        collate_fn=collate_fn,
+        batch_size=args.train_batch_size,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # so iterators never draw from the global RNG
+    )
+    return transform, dataloader
+
+
+def trained_parameters(trained: dict[str, nn.Module], unet) -> list[nn.Parameter]:
+    """The parameters given gradients, each once: the trained components' and the UNet's LoRA."""
+    parameters = [p for module in (*trained.values(), unet) for p in module.parameters() if p.requires_grad]
+    return list({id(p): p for p in parameters}.values())
+
+
+def optimisation(parameters, dataloader, num_processes: int, args: argparse.Namespace):
+    """AdamW over ``parameters``, its learning-rate schedule, and the updates in an epoch (None for a stream).
+
+    First the options the run derives are filled into ``args``, as the trackers and the model card record them:
+    the rate scaled by ``--scale_lr``, and ``--max_train_steps`` from ``--num_train_epochs``.
+    """
+    from diffusers.optimization import get_scheduler
+
+    if args.scale_lr:
+        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * num_processes
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    if args.streaming and args.max_train_steps is None:
+        raise SystemExit("edn training: --streaming needs --max_train_steps (a stream has no length)")
+    updates_per_epoch = (
+        None if args.streaming else math.ceil(len(dataloader) / num_processes / args.gradient_accumulation_steps)
+    )
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=args.max_train_steps * num_processes,
+    )
+    return optimizer, lr_scheduler, updates_per_epoch
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def epoch_batches(accelerator, dataloader, transform, epoch: int, skip: int = 0):
+    """(step, batch) of one epoch, without its first ``skip`` batches (those a resumed run has done)."""
+    transform.set_epoch(epoch)
+    if hasattr(dataloader, "set_epoch"):
+        dataloader.set_epoch(epoch)
+    return enumerate(accelerator.skip_first_batches(dataloader, skip) if skip else dataloader, start=skip)
 
 
 def step_generator(seed: int, epoch: int, step: int, process: int, device) -> torch.Generator:
     """The step's randomness depends only on where the run is, so a resumed run draws what it would have."""
     return torch.Generator(device=device).manual_seed(hash((seed, epoch, step, process)) % 2**63)
+
+
+def optimisation_step(accelerator, model, optimizer, lr_scheduler, parameters, max_grad_norm: float, batch, generator):
+    """The batch's losses, backpropagated; the optimiser steps once accelerate has accumulated a whole update."""
+    with accelerator.accumulate(model):
+        losses = model(batch, generator)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def train_loop(
+    accelerator,
+    model,
+    optimizer,
+    lr_scheduler,
+    dataloader,
+    transform,
+    parameters,
+    trained: dict[str, nn.Module],
+    ema: dict[str, EMAModel],
+    start: tuple[int, int, int],
+    pipe,
+    args: argparse.Namespace,
+) -> tuple[int, int]:
+    """Update the model from ``start`` (:func:`resume_point`) to ``--max_train_steps`` updates, logging each update,
+    checkpointing every ``--checkpointing_steps`` and validating every ``--validation_steps``; returns the updates
+    done and the unreadable images skipped."""
+    from accelerate.logging import get_logger
+    from tqdm.auto import tqdm
+
+    log = get_logger(__name__)
+    global_step, first_epoch, resume_batches = start
+    log.info(
+        f"Training stage {args.stage}: {args.max_train_steps} steps, {sum(p.numel() for p in parameters):,} trained parameters"
+    )
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    skipped = examples_seen = 0
+    epoch = first_epoch
+    while global_step < args.max_train_steps:  # by steps, not epochs: skipped images can shorten an epoch
+        skip = resume_batches if epoch == first_epoch else 0
+        for step, batch in epoch_batches(accelerator, dataloader, transform, epoch, skip):
+            skipped += batch["num_skipped"]
+            examples_seen += batch["num_examples"]
+            if batch["num_examples"] == 0:
+                continue
+            generator = step_generator(args.seed, epoch, step, accelerator.process_index, accelerator.device)
+            losses = optimisation_step(
+                accelerator, model, optimizer, lr_scheduler, parameters, args.max_grad_norm, batch, generator
+            )
+            if not accelerator.sync_gradients:
+                continue
+            for name, averaged in ema.items():
+                averaged.step(trained[name].parameters())
+            progress.update(1)
+            global_step += 1
+            logs = {k: v.detach().item() for k, v in losses.items()}
+            logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skipped)
+            progress.set_postfix(loss=logs["loss"])
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                log.info(f"Saved {path}")
+            if args.validation_image and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                log_validation(accelerator, pipe, global_step, *validation_settings(args))
+            if global_step >= args.max_train_steps:
+                break
+        epoch += 1
+
+    accelerator.wait_for_everyone()
+    checksum = sum(float(p.detach().double().sum()) for p in parameters)
+    log.info(
+        f"process {accelerator.process_index}: {examples_seen} examples, trained-weight checksum {checksum:.10e}",
+        main_process_only=False,
+    )
+    return global_step, skipped
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -504,6 +764,29 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
+def resume_point(
+    accelerator, checkpoint: str | None, output_dir: str, updates_per_epoch: int | None, accumulation: int
+) -> tuple[int, int, int]:
+    """Where the run starts: (updates done, epoch, batches of that epoch done). With ``checkpoint`` (a folder, or
+    "latest" of ``output_dir``) accelerate's state is loaded from it; one not found starts a new run."""
+    if not checkpoint:
+        return 0, 0, 0
+    if checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        path = os.path.join(output_dir, found[-1]) if found else None
+    else:
+        path = checkpoint
+    if path is None or not os.path.isdir(path):
+        accelerator.print(f"Checkpoint {checkpoint!r} not found; starting a new run.")
+        return 0, 0, 0
+    accelerator.print(f"Resuming from {path}")
+    accelerator.load_state(path)
+    global_step = checkpoint_step(os.path.basename(os.path.normpath(path))) or 0
+    if updates_per_epoch:
+        return global_step, global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
+    return global_step, 0, global_step * accumulation
+
+
 def register_checkpoint_hooks(accelerator, trained: dict[str, nn.Module], unet, lora: bool, ema: dict) -> None:
     """Checkpoints hold the trained components in diffusers' format (safetensors), not pickles."""
 
@@ -535,21 +818,29 @@ def register_checkpoint_hooks(accelerator, trained: dict[str, nn.Module], unet, 
 # ----------------------------------------------------------------------------------------------- validation
 
 
-def log_validation(accelerator, pipe, args, step: int) -> list:
-    """Colourise the validation photos with a fixed seed and send them to the trackers."""
+def validation_settings(args: argparse.Namespace) -> tuple[list[str], list[str], int, int]:
+    """:func:`log_validation`'s photos, prompts, steps and seed, as the command line gives them."""
+    return args.validation_image, args.validation_prompt, args.validation_inference_steps, args.seed
+
+
+def log_validation(
+    accelerator, pipe, step: int, photos: list[str], prompts: list[str], inference_steps: int, seed: int
+) -> list:
+    """Colourise the validation ``photos`` (with one prompt for all, or one each) with a fixed seed and send them
+    to the trackers."""
     import numpy as np
     from PIL import Image
 
     pipe.set_progress_bar_config(disable=True)
-    prompts = args.validation_prompt or [None]
+    prompts = prompts or [None]
     images = []
-    for i, path in enumerate(args.validation_image):
+    for i, path in enumerate(photos):
         with Image.open(path) as photo, accelerator.autocast():
             result = pipe(
                 photo,
                 prompt=prompts[i] if len(prompts) > 1 else prompts[0],
-                num_inference_steps=args.validation_inference_steps,
-                generator=torch.Generator().manual_seed(args.seed),
+                num_inference_steps=inference_steps,
+                generator=torch.Generator().manual_seed(seed),
             ).images[0]
         images.append(result)
     for tracker in accelerator.trackers:
@@ -600,22 +891,10 @@ def adopt_trained_vae(pipe, latent_std: float, vae_decoder: str) -> None:
     pipe.register_modules(decoder=LuminanceDecoder.from_vae(pipe.vae, **options))
 
 
-def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> None:
-    """Save the complete pipeline (EMA weights if kept, LoRA merged) and its model card into output_dir."""
+def model_card(args: argparse.Namespace, global_step: int):
+    """The trained model's card: what it started from, its data, the run's hyperparameters and hardware."""
     from .model_card import render_model_card
 
-    for name, averaged in ema.items():
-        averaged.copy_to(trained[name].parameters())
-    if lora:
-        pipe.unet.fuse_lora()
-        pipe.unet.unload_lora()
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
-        module.eval()
-    staging = Path(args.output_dir, ".export.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    pipe.save_pretrained(staging)
-    repo_id = args.hub_model_id or Path(args.output_dir).name
     hyperparameters = {
         key: getattr(args, key)
         for key in (
@@ -642,8 +921,8 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
         )
     }
     data = args.training_data_description or args.dataset_name or f"image folder `{Path(args.train_data_dir).name}`"
-    card = render_model_card(
-        repo_id=repo_id,
+    return render_model_card(
+        repo_id=args.hub_model_id or Path(args.output_dir).name,
         base_model=args.pretrained_model_name_or_path,
         stage=args.stage,
         training_data=data,
@@ -651,16 +930,31 @@ def export_pipeline(pipe, trained, ema, args, global_step: int, lora: bool) -> N
         steps=global_step,
         hardware=f"{torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'CPU'}",
     )
+
+
+def export_pipeline(pipe, trained, ema, lora: bool, output_dir: str, card) -> None:
+    """Save the complete pipeline (EMA weights if kept, LoRA merged) and its model ``card`` into ``output_dir``."""
+    for name, averaged in ema.items():
+        averaged.copy_to(trained[name].parameters())
+    if lora:
+        pipe.unet.fuse_lora()
+        pipe.unet.unload_lora()
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
+        module.eval()
+    staging = Path(output_dir, ".export.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    pipe.save_pretrained(staging)
     card.save(staging / "README.md")
     for entry in staging.iterdir():  # move into place one entry at a time, each an atomic rename
-        target = Path(args.output_dir, entry.name)
+        target = Path(output_dir, entry.name)
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
 
 
-def push_to_hub(args) -> None:
+def push_to_hub(output_dir: str, repo_id: str, token: str | None = None) -> None:
     """Upload the model as a repo that plain diffusers loads too (see :mod:`edn_pipeline.training.hub_export`)."""
     import tempfile
 
@@ -668,140 +962,57 @@ def push_to_hub(args) -> None:
 
     from .hub_export import export_hub
 
-    repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token).repo_id
+    repo_id = create_repo(repo_id, exist_ok=True, token=token).repo_id
     with tempfile.TemporaryDirectory() as staging:
-        repo = export_hub(args.output_dir, Path(staging, "repo"))
-        upload_folder(repo_id=repo_id, folder_path=repo, token=args.hub_token, commit_message="End of training")
+        repo = export_hub(output_dir, Path(staging, "repo"))
+        upload_folder(repo_id=repo_id, folder_path=repo, token=token, commit_message="End of training")
 
 
 # ----------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None, stage: str | None = None) -> None:
-    import diffusers
-    import transformers
-    from accelerate import Accelerator
     from accelerate.logging import get_logger
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
-
-    from ..errors import EDNInputError
-    from .data import TrainingExampleTransform, collate_fn, load_image_dataset, with_training_transform
 
     args = parse_args(argv, stage)
-    log = get_logger(__name__)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    accelerator = start_accelerator(
+        args.output_dir,
+        args.logging_dir,
+        args.seed,
+        args.gradient_accumulation_steps,
+        args.mixed_precision,
+        args.report_to,
+        args.allow_tf32,
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    log.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_info()
-    else:
-        transformers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
-    set_seed(args.seed)
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-
-    try:
-        dataset = load_image_dataset(
-            data_dir=args.train_data_dir,
-            dataset_name=args.dataset_name,
-            dataset_config=args.dataset_config_name,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-            streaming=args.streaming,
-            cache_dir=args.cache_dir,
-        )
-    except EDNInputError as error:
-        raise SystemExit(f"edn training: {error}") from None
-
-    pipe, new_codebook = load_starting_pipeline(args)
-    trained = trainable_modules(pipe, args)
+    dataset = load_training_dataset(args)
+    vq_options = {
+        k: getattr(args, k) for k in ("codebook_size", "vq_num_train_timesteps", "refiner_layers", "refiner_dim")
+    }
+    pipe, new_codebook = load_starting_pipeline(
+        args.pretrained_model_name_or_path,
+        args.revision,
+        args.variant,
+        args.controlnet_model_name_or_path,
+        vq_options if args.decoder_vq else None,
+    )
     lora = args.train_unet_lora
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for name in ("vae", "text_encoder", "unet", "ccd", "decoder"):
-        module = getattr(pipe, name).to(accelerator.device)
-        if name not in trained and not (name == "unet" and lora) and module.dtype != weight_dtype:
-            module.to(dtype=weight_dtype)  # frozen parts in the mixed-precision dtype; trained ones stay float32
-    ema = {}
-    if args.use_ema:  # model_cls and model_config let EMAModel save itself in diffusers' format
-        ema = {
-            name: EMAModel(
-                module.parameters(), decay=args.ema_decay, model_cls=type(module), model_config=module.config
-            )
-            for name, module in trained.items()
-        }
+    trained = trainable_modules(pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet)
+    if lora:
+        add_unet_lora(pipe.unet, args.lora_rank)
+    save_memory(pipe, trained, lora, args.gradient_checkpointing, args.enable_xformers_memory_efficient_attention)
+    weight_dtype = place_components(pipe, trained, lora, accelerator)
+    ema = ema_models(trained, args.ema_decay) if args.use_ema else {}
     register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
-
-    transform = TrainingExampleTransform(
-        resolution=args.resolution,
-        tokenizer=pipe.tokenizer,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        hint_ratio=tuple(args.hint_ratio),
-        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no hints where unused
-        point_hint_prob=args.point_hint_prob,
-        max_hint_points=args.max_hint_points,
-        generic_prompt_prob=args.generic_prompt_prob,
-        proportion_empty_prompts=args.proportion_empty_prompts,
-        seed=args.seed,
-        center_crop=not args.random_crop,
-    )
-    train_dataset = with_training_transform(dataset, transform)
-    dataloader = torch.utils.data.DataLoader(
-        train_dataset,
-        shuffle=not args.streaming,
-        collate_fn=collate_fn,
-        batch_size=args.train_batch_size,
-        num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),  # so iterators never draw from the global RNG
-    )
-
+    transform, dataloader = training_dataloader(dataset, pipe.tokenizer, args)
     if new_codebook:
         init_codebook_from_data(pipe, dataloader, args.seed)
-    parameters = [p for module in (*trained.values(), pipe.unet) for p in module.parameters() if p.requires_grad]
-    parameters = list({id(p): p for p in parameters}.values())
-    if args.scale_lr:
-        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW(
-        parameters,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
-    if args.streaming and args.max_train_steps is None:
-        raise SystemExit("edn training: --streaming needs --max_train_steps (a stream has no length)")
-    updates_per_epoch = (
-        None
-        if args.streaming
-        else math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    )
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    parameters = trained_parameters(trained, pipe.unet)
+    optimizer, lr_scheduler, updates_per_epoch = optimisation(parameters, dataloader, accelerator.num_processes, args)
     model = EDNTrainingModel(
         pipe,
-        noise_scheduler,
+        DDPMScheduler.from_config(pipe.scheduler.config),
         args.stage,
         args.lambda_ccd,
         args.lambda_vq,
@@ -814,96 +1025,37 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
         averaged.to(accelerator.device)
-
     if accelerator.is_main_process:
         config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
         accelerator.init_trackers(args.tracker_project_name, config=config)
-
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = list_checkpoints(args.output_dir)
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None or not os.path.isdir(path):
-            accelerator.print(f"Checkpoint {args.resume_from_checkpoint!r} not found; starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {path}")
-            accelerator.load_state(path)
-            global_step = checkpoint_step(os.path.basename(os.path.normpath(path))) or 0
-            if updates_per_epoch:
-                first_epoch = global_step // updates_per_epoch
-                resume_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-            else:
-                resume_batches = global_step * args.gradient_accumulation_steps
-
-    log.info(
-        f"Training stage {args.stage}: {args.max_train_steps} steps, {sum(p.numel() for p in parameters):,} trained parameters"
+    start = resume_point(
+        accelerator, args.resume_from_checkpoint, args.output_dir, updates_per_epoch, args.gradient_accumulation_steps
     )
-    progress = tqdm(
-        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
-    )
-    skipped = 0
-    examples_seen = 0
-    epoch = first_epoch
-    while global_step < args.max_train_steps:  # by steps, not epochs: skipped images can shorten an epoch
-        transform.set_epoch(epoch)
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
-        batches = dataloader
-        if epoch == first_epoch and resume_batches:
-            batches = accelerator.skip_first_batches(dataloader, resume_batches)
-        for step, batch in enumerate(batches, start=resume_batches if epoch == first_epoch else 0):
-            skipped += batch["num_skipped"]
-            examples_seen += batch["num_examples"]
-            if batch["num_examples"] == 0:
-                continue
-            generator = step_generator(args.seed, epoch, step, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(model):
-                losses = model(batch, generator)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            for name, averaged in ema.items():
-                averaged.step(trained[name].parameters())
-            progress.update(1)
-            global_step += 1
-            logs = {k: v.detach().item() for k, v in losses.items()}
-            logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skipped)
-            progress.set_postfix(loss=logs["loss"])
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-                log.info(f"Saved {path}")
-            if args.validation_image and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                log_validation(accelerator, pipe, args, global_step)
-            if global_step >= args.max_train_steps:
-                break
-        epoch += 1
-
-    accelerator.wait_for_everyone()
-    checksum = sum(float(p.detach().double().sum()) for p in parameters)
-    log.info(
-        f"process {accelerator.process_index}: {examples_seen} examples, trained-weight checksum {checksum:.10e}",
-        main_process_only=False,
+    global_step, skipped = train_loop(
+        accelerator,
+        model,
+        optimizer,
+        lr_scheduler,
+        dataloader,
+        transform,
+        parameters,
+        trained,
+        ema,
+        start,
+        pipe,
+        args,
     )
     if accelerator.is_main_process:
         if skipped:
-            log.warning(f"{skipped} unreadable images were skipped")
+            get_logger(__name__).warning(f"{skipped} unreadable images were skipped")
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
         if args.stage == "vae":
             pipe.vae.eval()
             adopt_trained_vae(pipe, measure_latent_std(pipe.vae, dataloader), args.vae_decoder)
-        export_pipeline(pipe, trained, ema, args, global_step, lora)
+        export_pipeline(pipe, trained, ema, lora, args.output_dir, model_card(args, global_step))
         if args.validation_image:
-            log_validation(accelerator, pipe, args, global_step)
+            log_validation(accelerator, pipe, global_step, *validation_settings(args))
         if args.push_to_hub:
-            push_to_hub(args)
+            push_to_hub(args.output_dir, args.hub_model_id or Path(args.output_dir).name, args.hub_token)
     accelerator.end_training()
