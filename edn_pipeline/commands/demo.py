@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import PIL.Image
 import PIL.ImageColor
@@ -261,6 +262,80 @@ def build_demo(
     """The demo page (a ``gradio.Blocks``) around a loaded ``EDNPipeline``; start it with :func:`launch_demo`."""
     gr = _require_gradio()
     output_dir = tempfile.TemporaryDirectory(prefix="edn-demo-")
+    with gr.Blocks(title="EDN colourisation", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        page = _lay_out(gr, pipe.config.default_strength, default_steps, default_guidance)
+        _wire_upload(gr, page, max_upload_pixels, max_upload_mb)
+        _wire_hints(gr, page)
+        _wire_run(gr, page, pipe, output_dir.name)
+    demo.edn_max_upload_mb = max_upload_mb
+    demo.edn_output_dir = output_dir  # removed when the demo object goes away
+    return demo
+
+
+def _lay_out(gr, default_strength: float, default_steps: int, default_guidance: float) -> SimpleNamespace:
+    """The page's components, by name: the photo and its hints on the left, the result on the right."""
+    gr.Markdown(
+        "# EDN: colourise a grayscale photo\n"
+        "Upload a photo, click on it to place colour hints (the colour comes from the picker), "
+        "describe the colours in the prompt if you like, and press **Colourise**."
+    )
+    page = SimpleNamespace(loaded=gr.State(None))  # {"image", "name"} of the uploaded photo
+    with gr.Row():
+        with gr.Column():
+            page.photo = gr.Image(
+                label="Photo (click to place a hint)",
+                type="filepath",
+                image_mode=None,
+                format="png",
+                sources=["upload", "clipboard"],
+                elem_id="edn-input",
+            )
+            with gr.Row():
+                page.colour = gr.ColorPicker(DEFAULT_HINT_COLOUR, label="Hint colour", elem_id="edn-colour")
+                page.undo = gr.Button("Undo last hint", elem_id="edn-undo")
+                page.clear_hints = gr.Button("Clear hints", elem_id="edn-clear-hints")
+            page.table = gr.Dataframe(
+                value=[],
+                headers=HINT_HEADERS,
+                datatype=["number", "number", "str"],
+                type="array",
+                column_count=3,
+                interactive=True,
+                label="Hints (x, y in the photo's pixels; editable)",
+                elem_id="edn-hints",
+            )
+            page.prompt = gr.Textbox(label="Prompt", placeholder="colored photo", lines=1, elem_id="edn-prompt")
+            with gr.Accordion("Settings", open=False):
+                page.steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="edn-steps")
+                page.strength = gr.Slider(
+                    0.05,
+                    1,
+                    value=default_strength,
+                    step=0.05,
+                    label="Strength",
+                    elem_id="edn-strength",
+                )
+                page.guidance = gr.Slider(
+                    0, 15, value=default_guidance, step=0.5, label="Guidance", elem_id="edn-guidance"
+                )
+                page.seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="edn-seed")
+            page.run = gr.Button("Colourise", variant="primary", elem_id="edn-run")
+        with gr.Column():
+            page.comparison = gr.ImageSlider(
+                label="Before / after",
+                type="pil",
+                format="png",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="edn-output",
+            )
+            page.download = gr.File(label="Download", interactive=False, elem_id="edn-download")
+            page.status = gr.Markdown("Upload a photo.", elem_id="edn-status")
+    return page
+
+
+def _wire_upload(gr, page: SimpleNamespace, max_upload_pixels: int, max_upload_mb: float) -> None:
+    """An upload within the limits becomes the loaded photo (its preview, no hints yet); clearing it unloads it."""
 
     def on_upload(path):
         if path is None:
@@ -280,6 +355,13 @@ def build_demo(
 
     def on_clear():
         return None, [], "Upload a photo."
+
+    page.photo.upload(on_upload, page.photo, [page.photo, page.loaded, page.table, page.status])
+    page.photo.clear(on_clear, None, [page.loaded, page.table, page.status])
+
+
+def _wire_hints(gr, page: SimpleNamespace) -> None:
+    """A click on the preview adds a hint in the picked colour; the table's edits, undo and clear redraw the dots."""
 
     def on_click(loaded, rows, colour, event: gr.SelectData):
         if not loaded:
@@ -310,6 +392,15 @@ def build_demo(
     def on_clear_hints(loaded):
         return (draw_hints(loaded["image"], []) if loaded else gr.skip()), []
 
+    page.photo.select(on_click, [page.loaded, page.table, page.colour], [page.photo, page.table, page.status])
+    page.table.input(on_table_edit, [page.loaded, page.table], page.photo)
+    page.undo.click(on_undo, [page.loaded, page.table], [page.photo, page.table])
+    page.clear_hints.click(on_clear_hints, page.loaded, [page.photo, page.table])
+
+
+def _wire_run(gr, page: SimpleNamespace, pipe, output_dir: str) -> None:
+    """Colourise runs the pipeline, one run at a time, with a progress bar; the result is shown and downloadable."""
+
     def on_run(loaded, prompt, rows, steps, strength, guidance, seed, progress=gr.Progress()):  # noqa: B008 (Gradio)
         if not loaded:
             raise gr.Error("upload a photo first")
@@ -327,85 +418,16 @@ def build_demo(
             )
         except EDNInputError as error:
             raise gr.Error(str(error)) from None
-        out_path = Path(tempfile.mkdtemp(dir=output_dir.name)) / f"{loaded['name']}_colourised.png"
+        out_path = Path(tempfile.mkdtemp(dir=output_dir)) / f"{loaded['name']}_colourised.png"
         after.save(out_path)
         return (before, after), str(out_path), f"Colourised {after.width}×{after.height}."
 
-    with gr.Blocks(title="EDN colourisation", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
-        gr.Markdown(
-            "# EDN: colourise a grayscale photo\n"
-            "Upload a photo, click on it to place colour hints (the colour comes from the picker), "
-            "describe the colours in the prompt if you like, and press **Colourise**."
-        )
-        loaded = gr.State(None)
-        with gr.Row():
-            with gr.Column():
-                photo = gr.Image(
-                    label="Photo (click to place a hint)",
-                    type="filepath",
-                    image_mode=None,
-                    format="png",
-                    sources=["upload", "clipboard"],
-                    elem_id="edn-input",
-                )
-                with gr.Row():
-                    colour = gr.ColorPicker(DEFAULT_HINT_COLOUR, label="Hint colour", elem_id="edn-colour")
-                    undo = gr.Button("Undo last hint", elem_id="edn-undo")
-                    clear_hints = gr.Button("Clear hints", elem_id="edn-clear-hints")
-                table = gr.Dataframe(
-                    value=[],
-                    headers=HINT_HEADERS,
-                    datatype=["number", "number", "str"],
-                    type="array",
-                    column_count=3,
-                    interactive=True,
-                    label="Hints (x, y in the photo's pixels; editable)",
-                    elem_id="edn-hints",
-                )
-                prompt = gr.Textbox(label="Prompt", placeholder="colored photo", lines=1, elem_id="edn-prompt")
-                with gr.Accordion("Settings", open=False):
-                    steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="edn-steps")
-                    strength = gr.Slider(
-                        0.05,
-                        1,
-                        value=pipe.config.default_strength,
-                        step=0.05,
-                        label="Strength",
-                        elem_id="edn-strength",
-                    )
-                    guidance = gr.Slider(
-                        0, 15, value=default_guidance, step=0.5, label="Guidance", elem_id="edn-guidance"
-                    )
-                    seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="edn-seed")
-                run = gr.Button("Colourise", variant="primary", elem_id="edn-run")
-            with gr.Column():
-                comparison = gr.ImageSlider(
-                    label="Before / after",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    buttons=["download", "fullscreen"],
-                    elem_id="edn-output",
-                )
-                download = gr.File(label="Download", interactive=False, elem_id="edn-download")
-                status = gr.Markdown("Upload a photo.", elem_id="edn-status")
-
-        photo.upload(on_upload, photo, [photo, loaded, table, status])
-        photo.clear(on_clear, None, [loaded, table, status])
-        photo.select(on_click, [loaded, table, colour], [photo, table, status])
-        table.input(on_table_edit, [loaded, table], photo)
-        undo.click(on_undo, [loaded, table], [photo, table])
-        clear_hints.click(on_clear_hints, loaded, [photo, table])
-        run.click(
-            on_run,
-            [loaded, prompt, table, steps, strength, guidance, seed],
-            [comparison, download, status],
-            concurrency_limit=1,
-        )
-
-    demo.edn_max_upload_mb = max_upload_mb
-    demo.edn_output_dir = output_dir  # removed when the demo object goes away
-    return demo
+    page.run.click(
+        on_run,
+        [page.loaded, page.prompt, page.table, page.steps, page.strength, page.guidance, page.seed],
+        [page.comparison, page.download, page.status],
+        concurrency_limit=1,
+    )
 
 
 def launch_demo(
