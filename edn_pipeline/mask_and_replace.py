@@ -17,9 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers import VQDiffusionScheduler
-from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
-__all__ = ["posterior_log_probs", "q_sample", "q_xt_given_x0_log_probs"]
+__all__ = ["posterior_log_probs", "prior_kl", "q_sample", "true_posterior_kl"]
 
 # The scheduler's log 0 (index_to_log_onehot clamps probabilities at 1e-30).
 LOG_ZERO = math.log(1e-30)
@@ -59,15 +58,6 @@ def _apply_cumulative(log_p: torch.Tensor, t: torch.Tensor, scheduler: VQDiffusi
     return torch.cat([real, log_c.expand(-1, 1, log_p.shape[-1])], dim=1)
 
 
-def q_xt_given_x0_log_probs(
-    x_0: torch.LongTensor, t: torch.LongTensor, scheduler: VQDiffusionScheduler
-) -> torch.Tensor:
-    """log q(x_t | x_0) over all K + 1 classes, shape (B, K + 1, N), each example at its own t."""
-    _check_tokens(x_0, "x_0")
-    _check_timesteps(t, x_0.shape[0], scheduler)
-    return _apply_cumulative(index_to_log_onehot(x_0, _num_tokens(scheduler)), t, scheduler)
-
-
 def q_sample(
     x_0: torch.LongTensor,
     t: torch.LongTensor,
@@ -78,7 +68,7 @@ def q_sample(
 
     One uniform number per token picks keep (ā_t), a uniformly drawn token (K·b̄_t, x_0 itself among them, so
     x_0 survives with ā_t + b̄_t) or [MASK] (c̄_t): exact, and it never builds the (B, K + 1, N) table that
-    Gumbel-max sampling from :func:`q_xt_given_x0_log_probs` would need for a large codebook.
+    Gumbel-max sampling from the (B, K + 1, N) table of q(x_t | x_0) would need for a large codebook.
     """
     _check_tokens(x_0, "x_0")
     _check_timesteps(t, x_0.shape[0], scheduler)
@@ -125,3 +115,64 @@ def posterior_log_probs(
     log_weights = log_x0 - log_q_xt_x0
     log_norm = log_weights.logsumexp(dim=1, keepdim=True)
     return _apply_cumulative(log_weights - log_norm, t - 1, scheduler) + log_q_step + log_norm
+
+
+def _schedule(scheduler: VQDiffusionScheduler, t: torch.Tensor, cumulative: bool) -> tuple[torch.Tensor, ...]:
+    """The schedule's (a, b, c) at each example's t as float64 probabilities, shaped (B, 1)."""
+    return tuple(log.double().exp().view(-1, 1) for log in _log_abc(scheduler, t, cumulative))
+
+
+def _xlogx(p: torch.Tensor) -> torch.Tensor:
+    return torch.where(p > 0, p * p.clamp_min(1e-300).log(), 0.0)
+
+
+def true_posterior_kl(
+    log_p: torch.Tensor, x_0: torch.LongTensor, x_t: torch.LongTensor, t: torch.LongTensor, scheduler
+) -> torch.Tensor:
+    """KL(q(x_{t-1} | x_t, x_0) ‖ p) per example, averaged over the N tokens; ``log_p`` (B, K + 1, N) are
+    normalised log-probs over the classes of x_{t-1} (e.g. :func:`posterior_log_probs` of a model); t >= 1.
+
+    The true posterior takes at most four values per token (at x_0, at x_t, at [MASK] and at every other token),
+    so the KL needs ``log_p`` only at those classes and its sum over the tokens: one pass over ``log_p``, where
+    tabulating the posterior over all K + 1 classes costs tens of passes (seconds a batch for K = 4096).
+    """
+    _check_tokens(x_t, "x_t")
+    num_tokens = _num_tokens(scheduler)
+    _check_timesteps(t, x_t.shape[0], scheduler, first=1)
+    a1, b1, c1 = _schedule(scheduler, t - 1, cumulative=True)  # q(x_{t-1} | x_0)
+    step_a, step_b, step_c = _schedule(scheduler, t, cumulative=False)  # q(x_t | x_{t-1})
+    a, b, c = _schedule(scheduler, t, cumulative=True)  # q(x_t | x_0)
+    # Bayes' rule q(x_t | x_{t-1}) q(x_{t-1} | x_0) / q(x_t | x_0) in the three cases of x_t (the test file
+    # tabulates the same from the paper's formulas).
+    masked, kept = x_t == num_tokens, x_t == x_0
+    replaced = ~masked & ~kept
+    at_x0 = torch.where(
+        masked,
+        step_c * (a1 + b1) / c,
+        torch.where(kept, (step_a + step_b) * (a1 + b1) / (a + b), step_b * (a1 + b1) / b),
+    )
+    other = torch.where(masked, step_c * b1 / c, torch.where(kept, step_b * b1 / (a + b), step_b * b1 / b))
+    at_xt = torch.where(replaced, (step_a + step_b) * b1 / b, 0.0)  # x_t's own token, when it is not x_0
+    at_mask = torch.where(masked, c1 / c, 0.0)
+    others = num_tokens - 1 - replaced.double()
+
+    log_p = log_p.float()
+    log_p_x0 = log_p.gather(1, x_0.unsqueeze(1)).squeeze(1).double()
+    log_p_xt = log_p.gather(1, x_t.unsqueeze(1)).squeeze(1).double()
+    log_p_mask = log_p[:, num_tokens].double()
+    log_p_others = log_p[:, :num_tokens].sum(dim=1, dtype=torch.float64) - log_p_x0 - replaced * log_p_xt
+    cross = other * log_p_others + at_x0 * log_p_x0 + at_xt * log_p_xt + at_mask * log_p_mask
+    neg_entropy = others * _xlogx(other) + _xlogx(at_x0) + _xlogx(at_xt) + _xlogx(at_mask)
+    return (neg_entropy - cross).mean(dim=-1).to(log_p.dtype)
+
+
+def prior_kl(scheduler: VQDiffusionScheduler) -> torch.Tensor:
+    """L_T = KL(q(x_{T-1} | x_0) ‖ p(x_T)) with the prior the forward marginal at T - 1 of a uniform x_0 (ā/K + b̄
+    per token, c̄ for [MASK]): by symmetry the same for every x_0, so one number of the schedule."""
+    last = torch.tensor([scheduler.config.num_train_timesteps - 1])
+    a, b, _ = (value.squeeze() for value in _schedule(scheduler, last, cumulative=True))
+    num_tokens = _num_tokens(scheduler)
+    prior = a / num_tokens + b
+    return (
+        (a + b) * ((a + b) / prior).log() + (num_tokens - 1) * _xlogx(b) - (num_tokens - 1) * b * prior.log()
+    ).float()

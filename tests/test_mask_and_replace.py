@@ -7,7 +7,7 @@ import torch
 from diffusers import VQDiffusionScheduler
 from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
-from edn_pipeline.mask_and_replace import posterior_log_probs, q_sample, q_xt_given_x0_log_probs
+from edn_pipeline.mask_and_replace import posterior_log_probs, prior_kl, q_sample, true_posterior_kl
 
 K, T = 4, 10  # codebook tokens (class K is [MASK]) and training steps
 A_START, A_END, C_START, C_END = 0.99999, 0.000009, 0.000009, 0.99999  # the scheduler's defaults
@@ -56,18 +56,6 @@ def test_q_sample_is_reproducible_with_a_generator():
     t = torch.tensor([1, 4, 7])
     first = q_sample(x_0, t, scheduler(), generator=torch.Generator().manual_seed(5))
     assert torch.equal(first, q_sample(x_0, t, scheduler(), generator=torch.Generator().manual_seed(5)))
-
-
-def test_q_xt_given_x0_is_the_hand_table_per_example():
-    steps = [0, 4, 9]
-    x_0 = torch.tensor([[0, 2], [1, 1], [3, 0]])
-    probs = q_xt_given_x0_log_probs(x_0, torch.tensor(steps), scheduler()).exp()
-    assert probs.shape == (3, K + 1, 2)
-    for row, t in enumerate(steps):
-        a, b, c = cumulative(t)
-        for col in range(2):
-            expected = [a + b if cls == x_0[row, col] else b for cls in range(K)] + [c]
-            torch.testing.assert_close(probs[row, :, col], torch.tensor(expected), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("t", range(1, T))
@@ -138,6 +126,31 @@ def test_bad_shapes_and_timesteps_raise_value_errors():
     with pytest.raises(ValueError, match="t must lie"):
         q_sample(x, torch.tensor([0, T]), scheduler())
     with pytest.raises(ValueError, match="t must have shape"):
-        q_xt_given_x0_log_probs(x, torch.tensor(1), scheduler())
+        q_sample(x, torch.tensor(1), scheduler())
     with pytest.raises(ValueError, match="x_0 must be an integer"):
         q_sample(x.float(), torch.tensor([1, 1]), scheduler())
+
+
+@pytest.mark.parametrize("tokens", [K, 64])
+def test_closed_form_kl_equals_the_kl_of_the_tabulated_true_posterior(tokens):
+    """true_posterior_kl against KL(table ‖ model) with the table from posterior_log_probs of a one-hot x_0."""
+    vq = VQDiffusionScheduler(num_vec_classes=tokens + 1, num_train_timesteps=T)
+    gen = torch.Generator().manual_seed(4)
+    x_0 = torch.randint(tokens, (T - 1, 200), generator=gen)
+    steps = torch.arange(1, T)
+    x_t = q_sample(x_0, steps, vq, generator=gen)
+    x_t[:, :3] = torch.stack([x_0[:, 0], (x_0[:, 1] + 1) % tokens, torch.full_like(x_0[:, 2], tokens)], dim=1)
+    model = posterior_log_probs(torch.randn(T - 1, tokens, 200, generator=gen).log_softmax(1), x_t, steps, vq)
+    true = posterior_log_probs(index_to_log_onehot(x_0, tokens), x_t, steps, vq)
+    expected = (true.exp() * (true - model)).sum(dim=1).mean(dim=-1)
+    torch.testing.assert_close(true_posterior_kl(model, x_0, x_t, steps, vq), expected, rtol=1e-4, atol=1e-5)
+    assert true_posterior_kl(true, x_0, x_t, steps, vq).abs().max() < 1e-4  # zero against itself
+
+
+def test_prior_kl_is_the_kl_of_the_last_marginal_to_the_uniform_prior():
+    a, b, c = cumulative(T - 1)
+    prior = [a / K + b] * K + [c]
+    for x_0 in range(K):
+        marginal = [a + b if cls == x_0 else b for cls in range(K)] + [c]
+        expected = sum(q * math.log(q / p) for q, p in zip(marginal, prior))
+        assert prior_kl(scheduler()).item() == pytest.approx(expected, rel=1e-5, abs=1e-9)

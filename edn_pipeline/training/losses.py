@@ -6,10 +6,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from diffusers import VQDiffusionScheduler
-from diffusers.schedulers.scheduling_vq_diffusion import index_to_log_onehot
 
 from ..luminance import lab_chroma
-from ..mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, q_xt_given_x0_log_probs
+from ..mask_and_replace import _check_timesteps, _check_tokens, posterior_log_probs, prior_kl, true_posterior_kl
 
 __all__ = [
     "CCDLoss",
@@ -150,11 +149,6 @@ def latent_chroma_l1(latent_mean: torch.Tensor, target_rgb: torch.Tensor) -> tor
     return (latent_mean[:, :2].float() - chroma).abs().mean()
 
 
-def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) over dim 1, averaged over tokens: one value per example, in nats per token."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean(dim=-1)
-
-
 def vq_diffusion_loss(
     log_model_x0: torch.Tensor,
     x_0: torch.LongTensor,
@@ -170,8 +164,9 @@ def vq_diffusion_loss(
     [0, T). With the scheduler's indexing, the paper's x_1 … x_T are its steps 0 … T − 1, and per example:
 
     * t = 0: L_0 = −log p(x_0 | x_1), the NLL of ``x_0`` under ``log_model_x0``;
-    * t ≥ 1: L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p(x_{t−1} | x_t)), both from
-      :func:`~edn_pipeline.mask_and_replace.posterior_log_probs` (one-hot x_0, and the model's prediction);
+    * t ≥ 1: L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p(x_{t−1} | x_t)), the model's side from
+      :func:`~edn_pipeline.mask_and_replace.posterior_log_probs`, the true side in closed form
+      (:func:`~edn_pipeline.mask_and_replace.true_posterior_kl`);
     * L_T = KL(q(x_{T−1} | x_0) ‖ p(x_T)) with the prior p(x_T) the forward marginal at T − 1 of a uniform x_0
       (ā/K + b̄ per token, c̄ for [MASK]: almost all [MASK]). It has no model parameters; it is reported and
       included in ``vlb``.
@@ -199,16 +194,11 @@ def vq_diffusion_loss(
     nll = -log_model_x0.gather(1, x_0.unsqueeze(1)).squeeze(1).mean(dim=-1)
     # t = 0 examples take the NLL; evaluating their (unused) KL at t = 1 keeps the batch in one vectorised call.
     t_kl = t.clamp(min=1)
-    log_true = posterior_log_probs(index_to_log_onehot(x_0, num_tokens), x_t, t_kl, scheduler)
     log_model = posterior_log_probs(log_model_x0, x_t, t_kl, scheduler)
     is_first = t == 0
     l0 = torch.where(is_first, nll, 0.0).mean()
-    lt = torch.where(is_first, 0.0, _kl(log_true, log_model)).mean()
-
-    last = torch.full((batch,), num_steps - 1, device=x_0.device)
-    tokens = torch.arange(num_tokens, device=x_0.device).unsqueeze(0)
-    log_prior = q_xt_given_x0_log_probs(tokens, last[:1], scheduler).logsumexp(dim=-1, keepdim=True)
-    lT = _kl(q_xt_given_x0_log_probs(x_0, last, scheduler), log_prior - math.log(num_tokens)).mean()
+    lt = torch.where(is_first, 0.0, true_posterior_kl(log_model, x_0, x_t, t_kl, scheduler)).mean()
+    lT = prior_kl(scheduler).to(l0.device)
 
     vlb = num_steps * (l0 + lt) + lT
     return VQDiffusionLoss(l0, lt, lT, vlb, vlb + aux_weight * nll.mean())
