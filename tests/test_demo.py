@@ -285,7 +285,7 @@ def served_demo():
     """The demo around edn-tiny, served on 127.0.0.1 in a background thread; yields its address."""
     pipeline = EDNPipeline.from_pretrained()
     pipeline.set_progress_bar_config(disable=True)
-    page = build_demo(pipeline, max_upload_pixels=200 * 200, default_steps=10)
+    page = build_demo(pipeline, max_upload_pixels=200 * 200, default_steps=20)
     port = free_port()
     launch_demo(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"

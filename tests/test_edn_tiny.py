@@ -79,16 +79,16 @@ def test_colours_a_real_photo_near_its_true_colours_keeping_its_lightness(tiny, 
     assert result.shape == (*coffee_gray.shape, 3)
     lightness_in = rgb2lab(np.repeat(coffee_gray[..., None], 3, axis=-1))[..., 0]
     assert np.abs(rgb2lab(result)[..., 0] - lightness_in).mean() < 1.0
-    assert mean_chroma(result) > 1  # gray has 0; edn-tiny's colours without hints are faint (measured 1.86)
+    assert mean_chroma(result) > 0.5  # gray has 0; edn-tiny's colours without hints are faint (measured 1.03)
     gray_rgb = np.repeat(coffee_gray[..., None], 3, axis=-1)
     # no worse than leaving the photo gray, by more than 1 dB
     assert peak_signal_noise_ratio(coffee, result) > peak_signal_noise_ratio(coffee, gray_rgb) - 1.0
 
 
-# Measured on the shipped model (20 steps, seed 0): 10 true-colour points +1.11 dB; 10 magenta points move the mean
-# a*b* 2.6 units toward magenta. The margins are about half of that, so the tests fail when hints stop steering.
-HINT_GAIN_DB = 0.5
-MAGENTA_SHIFT = 1.0
+# Measured on the shipped model (20 steps, seed 0): 10 true-colour points +8.44 dB; 10 magenta points move the mean
+# a*b* 52 units toward magenta. The margins are about half of that, so the tests fail when hints stop steering.
+HINT_GAIN_DB = 4.0
+MAGENTA_SHIFT = 25.0
 
 
 def seeded_points(photo: np.ndarray, count: int) -> list[tuple[int, int]]:
@@ -118,7 +118,7 @@ def test_hints_of_an_unlikely_colour_turn_the_photo_that_colour(tiny, coffee_gra
 
 def test_edn_colorize_needs_no_model_flag(tmp_path, coffee_gray):
     PIL.Image.fromarray(coffee_gray).save(tmp_path / "scan.png")
-    assert main(["colorize", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out"), "--steps", "10"]) == 0
+    assert main(["colorize", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out"), "--steps", "20"]) == 0
     result = np.array(PIL.Image.open(tmp_path / "out" / "scan.png"))
     assert result.shape == (*coffee_gray.shape, 3)
-    assert mean_chroma(result) > 0.8  # measured 1.29 at 10 steps (one step at strength 0.1)
+    assert mean_chroma(result) > 0.5  # measured 1.03 at 20 steps (one step at strength 0.05)
