@@ -146,7 +146,7 @@ def test_lpips_matches_torchmetrics_given_the_same_backbone(alexnet_file, photo,
     other = noisy(photo, 20)
     as_tensor = [torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in (other, photo)]
     expected = float(reference(*as_tensor))
-    assert metrics.lpips(other, photo, path) == pytest.approx(expected, rel=1e-5)
+    assert metrics.LPIPS.from_file(path)(other, photo) == pytest.approx(expected, rel=1e-5)
 
     full = path.parent / "lpips_full.pth"  # torchmetrics' own state-dict layout loads too
     torch.save(reference.state_dict(), full)
@@ -196,7 +196,7 @@ def image_sets():
 
 def test_fid_of_a_set_with_itself_is_zero(inception_file, image_sets):
     real, _ = image_sets
-    assert metrics.fid(real, real, inception_file) == pytest.approx(0, abs=1e-9)
+    assert fid(real, real, inception_file) == pytest.approx(0, abs=1e-9)
 
 
 def test_fid_matches_the_frechet_distance_computed_with_scipy(inception_file, image_sets):
@@ -210,13 +210,13 @@ def test_fid_matches_the_frechet_distance_computed_with_scipy(inception_file, im
     (mu1, mu2), (s1, s2) = [f.mean(axis=0) for f in feats], [np.cov(f, rowvar=False) for f in feats]
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
     assert expected > 1e-4
-    assert metrics.fid(fake, real, inception_file) == pytest.approx(expected, rel=1e-6)
+    assert fid(fake, real, inception_file) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_needs_two_images_and_a_torchscript_file(inception_file, image_sets, tmp_path):
     real, fake = image_sets
     with pytest.raises(EDNInputError, match="at least 2 images"):
-        metrics.fid(fake[:1], real, inception_file)
+        fid(fake[:1], real, inception_file)
     junk = tmp_path / "weights.pt"
     junk.write_bytes(b"not a network")
     with pytest.raises(EDNInputError, match="TorchScript"):
@@ -226,8 +226,8 @@ def test_fid_needs_two_images_and_a_torchscript_file(inception_file, image_sets,
 def test_lpips_and_fid_never_need_torchvision(alexnet_file, inception_file, image_sets, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # any `import torchvision` now fails
     real, fake = image_sets
-    assert metrics.fid(fake, real, inception_file) > 0
-    assert metrics.lpips(fake[0], real[0], alexnet_file[0]) > 0
+    assert fid(fake, real, inception_file) > 0
+    assert metrics.LPIPS.from_file(alexnet_file[0])(fake[0], real[0]) > 0
 
 
 class PlainFeatures(torch.nn.Module):
@@ -243,4 +243,12 @@ def test_fid_takes_a_network_without_return_features(tmp_path, image_sets):
     metric = metrics.FID.from_file(path)
     assert metric.metric.inception.kwargs == {} and metric.metric.inception.num_features == 12
     real, fake = image_sets
-    assert metrics.fid(real, real, path) == pytest.approx(0, abs=1e-4)  # features of 0..255: float64 rounding
+    assert fid(real, real, path) == pytest.approx(0, abs=1e-4)  # features of 0..255: float64 rounding
+
+
+def fid(preds: list, gts: list, weights) -> float:
+    """FID of two image lists through the FID class, as ``edn evaluate`` computes it."""
+    metric = metrics.FID.from_file(weights)
+    metric.update(list(gts), real=True)
+    metric.update(list(preds), real=False)
+    return metric.compute()

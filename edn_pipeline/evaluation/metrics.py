@@ -287,19 +287,6 @@ class FID:
         self.metric.reset()
 
 
-def lpips(pred, gt, weights, device: str | torch.device = "cpu") -> float:
-    """LPIPS of two images with the AlexNet weights at ``weights`` (see :meth:`LPIPS.from_file`)."""
-    return LPIPS.from_file(weights, device)(pred, gt)
-
-
-def fid(preds: list, gts: list, weights, device: str | torch.device = "cpu") -> float:
-    """FID between two lists of images with the TorchScript Inception at ``weights`` (see :class:`FID`)."""
-    metric = FID.from_file(weights, device)
-    metric.update(list(gts), real=True)
-    metric.update(list(preds), real=False)
-    return metric.compute()
-
-
 def _load_state_dict(path, what: str) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
