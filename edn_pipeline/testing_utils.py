@@ -1,12 +1,25 @@
 """Tiny EDN components for tests and benchmarks, built locally (no network), as diffusers' own tests do."""
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel
 from .luminance_decoder import LuminanceDecoder
+
+# The toy VQ-Diffusion stage of ``tiny_components(vq_decoder=True)``: 32 codes, 10 mask-and-replace steps, 4 used.
+TINY_VQ_OPTIONS = dict(
+    use_quantizer=True,
+    codebook_size=32,
+    use_refiner=True,
+    refiner_dim=16,
+    refiner_layers=1,
+    refiner_heads=2,
+    refiner_cross_attention_dim=16,
+    vq_num_train_timesteps=10,
+    vq_inference_steps=4,
+)
 
 
 def tiny_tokenizer() -> CLIPTokenizer:
@@ -25,7 +38,7 @@ def tiny_components(
     """The seven EDN components at toy size: a factor-2 VAE, so ``2 * sample_size`` pixels working resolution.
 
     The adapter and the grayscale injection get random (not zero) outputs, as after training, so they act.
-    ``vq_decoder`` adds the quantiser and token refiner (32 codes, 10 mask-and-replace steps, 4 used).
+    ``vq_decoder`` adds the quantiser and token refiner (``TINY_VQ_OPTIONS``).
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -67,18 +80,7 @@ def tiny_components(
     ccd = CCDModel.from_unet(unet, vae_scale_factor=2)
     for module in [*ccd.controlnet_down_blocks, ccd.controlnet_mid_block, ccd.controlnet_cond_embedding.conv_out]:
         torch.nn.init.normal_(module.weight, std=0.2)
-    vq_options = dict(
-        use_quantizer=True,
-        codebook_size=32,
-        use_refiner=True,
-        refiner_dim=16,
-        refiner_layers=1,
-        refiner_heads=2,
-        refiner_cross_attention_dim=16,
-        vq_num_train_timesteps=10,
-        vq_inference_steps=4,
-    )
-    decoder = LuminanceDecoder.from_vae(vae, **(vq_options if vq_decoder else {}))
+    decoder = LuminanceDecoder.from_vae(vae, **(TINY_VQ_OPTIONS if vq_decoder else {}))
     for conv in decoder.gray_injections:
         torch.nn.init.normal_(conv.weight, std=0.2)
     scheduler = DDIMScheduler(
@@ -97,4 +99,18 @@ def tiny_components(
         ccd=ccd,
         decoder=decoder,
         scheduler=scheduler,
+    )
+
+
+def tiny_stable_diffusion(parts: dict) -> StableDiffusionPipeline:
+    """A plain Stable Diffusion pipeline of ``tiny_components``' SD parts (what EDN starts from), no safety checker."""
+    return StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )

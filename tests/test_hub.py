@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded
-from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline
 from huggingface_hub import ModelCard
 
 from edn_pipeline import CCDModel, EDNPipeline
 from edn_pipeline.commands.edn_cli import main
-from edn_pipeline.testing_utils import tiny_components
+from edn_pipeline.testing_utils import tiny_components, tiny_stable_diffusion
 from edn_pipeline.training.model_card import render_model_card
 
 LOAD_WITHOUT_PACKAGE = textwrap.dedent(
@@ -153,16 +153,7 @@ def test_a_controlnet_becomes_a_ccd_that_predicts_the_same_noise_without_hints()
 
 def test_from_stable_diffusion_accepts_a_controlnet_folder(tmp_path, photo):
     parts = tiny_components()
-    StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(tmp_path / "sd")
+    tiny_stable_diffusion(parts).save_pretrained(tmp_path / "sd")
     controlnet = tiny_controlnet(parts["unet"])
     controlnet.save_pretrained(tmp_path / "controlnet")
     pipe = EDNPipeline.from_stable_diffusion(str(tmp_path / "sd"), ccd=str(tmp_path / "controlnet"))

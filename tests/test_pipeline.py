@@ -11,12 +11,11 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
-    StableDiffusionPipeline,
 )
 from skimage.color import rgb2lab
 
 from edn_pipeline import CCDModel, EDNInputError, EDNPipeline, EDNPipelineOutput, LuminanceDecoder
-from edn_pipeline.testing_utils import tiny_components
+from edn_pipeline.testing_utils import tiny_components, tiny_stable_diffusion
 
 STEPS = 2
 
@@ -340,16 +339,7 @@ def test_unreadable_image_file_is_a_named_error(pipe, photo, tmp_path):
 
 def test_from_stable_diffusion_builds_an_untrained_edn(tmp_path, photo):
     parts = tiny_components()
-    sd = StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    sd = tiny_stable_diffusion(parts)
     sd.save_pretrained(tmp_path)
     pipe = EDNPipeline.from_stable_diffusion(str(tmp_path))
     assert set(pipe.components) == {"vae", "text_encoder", "tokenizer", "unet", "ccd", "decoder", "scheduler"}

@@ -12,12 +12,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from huggingface_hub import ModelCard
 from skimage import data
 
 from edn_pipeline import EDNPipeline
-from edn_pipeline.testing_utils import tiny_components
+from edn_pipeline.testing_utils import tiny_components, tiny_stable_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -27,16 +26,7 @@ pytestmark = pytest.mark.slow
 def tiny_sd(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-sd")
     parts = tiny_components()
-    StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(path)
+    tiny_stable_diffusion(parts).save_pretrained(path)
     return path
 
 

@@ -6,7 +6,7 @@ import torch
 from conftest import seeded
 
 from edn_pipeline import EDNInputError, EDNPipeline, LuminanceDecoder
-from edn_pipeline.testing_utils import tiny_components
+from edn_pipeline.testing_utils import TINY_VQ_OPTIONS, tiny_components
 
 
 @pytest.fixture
@@ -25,17 +25,7 @@ def inputs(batch=1, seed=0):
 TABLE_3_VARIANTS = {
     "KL-f8 decoder": dict(use_gray_encoder=False),
     "luminance-aware decoder": dict(),
-    "VQ-Diffusion decoder": dict(
-        use_quantizer=True,
-        codebook_size=32,
-        use_refiner=True,
-        refiner_dim=16,
-        refiner_layers=1,
-        refiner_heads=2,
-        refiner_cross_attention_dim=16,
-        vq_num_train_timesteps=10,
-        vq_inference_steps=4,
-    ),
+    "VQ-Diffusion decoder": TINY_VQ_OPTIONS,
 }
 
 
