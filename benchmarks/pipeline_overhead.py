@@ -53,8 +53,13 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    parts = tiny_components(sample_size=args.sample_size, channels=(32, 64))
-    edn = EDNPipeline(**parts).to(device)
+    if args.model:  # a trained model's colours: how many pixels need the gamut fit is what a user sees
+        edn = EDNPipeline.from_pretrained(args.model)
+        parts = dict(edn.components)
+        edn = edn.to(device)
+    else:
+        parts = tiny_components(sample_size=args.sample_size, channels=(32, 64))
+        edn = EDNPipeline(**parts).to(device)
     controlnet = ControlNetModel.from_config(parts["ccd"].config)
     controlnet.load_state_dict(parts["ccd"].state_dict())
     reference = StableDiffusionControlNetPipeline(
@@ -78,8 +83,8 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
     control = torch.rand(1, 7, work_h, work_w, generator=torch.Generator().manual_seed(0)).to(device)
     common = dict(num_inference_steps=args.steps, guidance_scale=5.0, prompt="a colored photo")
 
-    def run_edn(image, image_hints=hints):
-        edn(image, hints=image_hints, generator=torch.Generator().manual_seed(0), **common)
+    def run_edn(image, image_hints=hints):  # strength 1: all the steps, as the reference runs them
+        edn(image, hints=image_hints, strength=1.0, generator=torch.Generator().manual_seed(0), **common)
 
     run_edn(GRAY_PHOTO.resize((64, 48)), None)  # the model's own memory, before any large input
     model_rss = peak_rss_mb()
@@ -137,6 +142,11 @@ def main() -> None:
     parser.add_argument("--hints", type=int, default=5, help="point hints given to EDN")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to run it on a GPU")
+    parser.add_argument(
+        "--model",
+        help="a saved EDN pipeline (e.g. edn_pipeline/edn-tiny) instead of random tiny components, whose "
+        "saturated colours put a third of the pixels outside sRGB",
+    )
     args = parser.parse_args()
 
     context = multiprocessing.get_context("spawn")  # a fresh process per size: its peak memory is its own
@@ -147,17 +157,17 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.steps} steps, CFG 5.0, "
-        f"{args.hints} hints, median of {args.repeats}"
+        f"{args.hints} hints, median of {args.repeats}, components: {args.model or 'random tiny'}"
     )
     print(
-        "| input | MP | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
+        "| input | MP | working | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
         "| peak RSS MB | beyond the model MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_mp = (r["pre_s"] + r["post_s"]) / r["megapixels"] * 1e3
         print(
-            f"| {r['size']} | {r['megapixels']:.1f} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
+            f"| {r['size']} | {r['megapixels']:.1f} | {r['working']} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
             f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
             f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |"
         )
