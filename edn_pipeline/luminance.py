@@ -16,6 +16,8 @@ cache.  The numpy functions (:func:`to_lightness`, :func:`chroma`,
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 
 import numpy as np
@@ -46,10 +48,9 @@ __all__ = [
 _RANGE_SLACK = 1e-3
 # Linear-sRGB tolerance for "inside the gamut"; float32 round-off is ~1e-6.
 _GAMUT_TOL = 1e-5
-# Bisection steps: chroma ends within 2**-10 of the largest that fits (0.13 of a chroma of 128, where one 8-bit
-# level is about 0.5), so outputs change smoothly with input; each step costs a conversion of every out-of-gamut
-# pixel, which on saturated outputs is most of the composition's time.
-_BISECTION_STEPS = 10
+# Bisection steps for the colours the table of largest chroma leaves outside: chroma ends within 2**-12 of the
+# largest that fits (0.03 of 128), finer than 8 bits can show, so outputs change smoothly with input.
+_BISECTION_STEPS = 12
 # Pixels per block of full-size work: 4 MB per float channel, small enough for the cache and for memory at any
 # size, large enough that torch's per-call overhead is lost in the arithmetic.
 _BLOCK_PIXELS = 1 << 20
@@ -186,15 +187,68 @@ def _inside(linear: torch.Tensor) -> torch.Tensor:
     return (linear.amin(0) >= -_GAMUT_TOL) & (linear.amax(0) <= 1 + _GAMUT_TOL)
 
 
-def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Linear sRGB (3, N) of out-of-gamut colours with their chroma scaled by the largest factor (found by
-    bisection, to 2**-_BISECTION_STEPS) that fits: L* and hue kept. Scale 0, neutral gray, always fits."""
+def _largest_fitting_scale(
+    fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """The largest factor in [0, 1] (to 2**-steps, by bisection) by which the chroma ``offsets`` (2, N) can be
+    scaled and fit in sRGB at f(Y) and Y (N,). Scale 0, neutral gray, always fits."""
     scale = torch.zeros_like(fy)
     step = 0.5
-    for _ in range(_BISECTION_STEPS):
+    for _ in range(steps):
         scale.add_(_inside(_linear_rgb(fy, luminance, offsets * (scale + step))), alpha=step)
         step /= 2
-    return _linear_rgb(fy, luminance, offsets * scale)
+    return scale
+
+
+# The largest chroma that fits in sRGB, tabulated over L* (steps of 0.25) and hue (steps of half a degree) at the
+# scale and precision of its bisection (to 2**-16 of 200, above the largest in sRGB, about 134 for blue); the few
+# pixels that the table's interpolation leaves just outside take a bisection of their own.
+_TABLE_LIGHTNESS_STEPS = 400
+_TABLE_HUE_STEPS = 720
+_TABLE_CHROMA, _TABLE_BISECTION_STEPS = 200.0, 16
+_TABLE_MARGIN = 1e-3  # the table is read this share short of the boundary, so interpolation rarely overshoots
+
+
+@functools.cache
+def _max_chroma_table(device: torch.device) -> torch.Tensor:
+    """The largest chroma fitting in sRGB at each (L*, hue) of a regular grid, flattened: built once per device
+    (tens of milliseconds), it fits an out-of-gamut pixel with one conversion where a bisection costs ten (most of
+    the composition's time on saturated outputs)."""
+    lightness_ = torch.linspace(0, 100, _TABLE_LIGHTNESS_STEPS + 1, dtype=torch.float64)
+    hue = torch.linspace(-math.pi, math.pi, _TABLE_HUE_STEPS + 1, dtype=torch.float64)
+    lightness_, hue = (grid.reshape(-1) for grid in torch.meshgrid(lightness_, hue, indexing="ij"))
+    fy = ((lightness_ + 16) / 116).float().to(device)
+    offsets = (torch.stack([hue.cos() / 500, -hue.sin() / 200]) * _TABLE_CHROMA).float().to(device)
+    scale = _largest_fitting_scale(fy, _lab_f_inverse(fy), offsets, _TABLE_BISECTION_STEPS)
+    return scale.mul_(_TABLE_CHROMA * (1 - _TABLE_MARGIN))
+
+
+def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Linear sRGB (3, N) of out-of-gamut colours with their chroma scaled down to the largest that fits: L* and
+    hue kept. The largest is read from :func:`_max_chroma_table` (bilinear in L* and hue, within a few tenths of a
+    chroma unit); colours still outside after it take a bisection."""
+    a, b = offsets[0] * 500, offsets[1] * -200
+    chroma, hue = torch.hypot(a, b), torch.atan2(b, a)
+    # Table coordinates, kept inside its last cell so that the cell's right and lower neighbours exist.
+    row = fy.mul(116 * _TABLE_LIGHTNESS_STEPS / 100).sub_(16 * _TABLE_LIGHTNESS_STEPS / 100)
+    column = hue.add_(math.pi).mul_(_TABLE_HUE_STEPS / (2 * math.pi))
+    row.clamp_(0, _TABLE_LIGHTNESS_STEPS - 1e-3)
+    column.clamp_(0, _TABLE_HUE_STEPS - 1e-3)
+    top_row, left = row.long(), column.long()
+    down, across = row - top_row, column - left
+    corner = top_row.mul_(_TABLE_HUE_STEPS + 1).add_(left)
+    table = _max_chroma_table(fy.device)
+    top = torch.lerp(table.take(corner), table.take(corner + 1), across)
+    corner += _TABLE_HUE_STEPS + 1
+    bottom = torch.lerp(table.take(corner), table.take(corner + 1), across)
+    scaled = offsets * torch.lerp(top, bottom, down).div_(chroma.clamp_min_(1e-6)).clamp_max_(1)
+    linear = _linear_rgb(fy, luminance, scaled)
+    outside = _inside(linear).logical_not_().nonzero().squeeze(1)
+    if len(outside):
+        fy, luminance, scaled = fy[outside], luminance[outside], scaled.index_select(1, outside)
+        scale = _largest_fitting_scale(fy, luminance, scaled, _BISECTION_STEPS)
+        linear.index_copy_(1, outside, _linear_rgb(fy, luminance, scaled * scale))
+    return linear
 
 
 def _bilinear_matrix(span: slice, source: int, target: int, device) -> tuple[slice, torch.Tensor]:

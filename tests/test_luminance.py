@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
-from skimage.color import lab2rgb, rgb2lab
+from skimage.color import lab2rgb, lab2xyz, rgb2lab
+from skimage.color.colorconv import rgb_from_xyz
 
 from edn_pipeline.errors import EDNInputError
 from edn_pipeline.luminance import (
@@ -406,6 +407,28 @@ def test_shrunk_colours_sit_on_the_gamut_boundary(astronaut):
     distance_to_edge = np.minimum(result, 1 - result).min(axis=-1)
     assert shrunk.any()
     assert np.percentile(distance_to_edge[shrunk], 95) < 0.01
+
+
+def test_shrunk_chroma_is_the_largest_that_fits():
+    # Against a bisection on skimage's own CIELAB -> linear sRGB, over L* and hue (chroma 150 is outside everywhere).
+    lightness, hue = np.meshgrid(np.linspace(3, 97, 48), np.radians(np.arange(0, 360, 7.5)), indexing="ij")
+    direction = np.dstack([np.cos(hue), np.sin(hue)])
+
+    def fits(chroma_):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # negative Z, clipped by skimage as by EDN
+            xyz = lab2xyz(np.dstack([lightness, direction * chroma_[..., None]]))
+        linear = xyz @ rgb_from_xyz.T
+        return ((linear >= -1e-5) & (linear <= 1 + 1e-5)).all(axis=-1)
+
+    low, high = np.zeros_like(lightness), np.full_like(lightness, 150.0)
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = np.where(fits(middle), middle, low), np.where(fits(middle), high, middle)
+    result = compose_with_lightness(lightness.astype(np.float32), (direction * 150).astype(np.float32))
+    lab = rgb2lab(result.astype(np.float64))
+    np.testing.assert_allclose(lab[..., 0], lightness, atol=0.01)
+    np.testing.assert_allclose(np.hypot(lab[..., 1], lab[..., 2]), low, atol=0.5)
 
 
 def test_clipping_instead_would_break_lightness(astronaut):
