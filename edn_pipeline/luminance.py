@@ -297,9 +297,10 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
         if len(outside):
             fitted = _fit_to_gamut(fy[outside], luminance[outside], tile.index_select(1, outside))
             linear.index_copy_(1, outside, fitted)
-        srgb = _linear_to_srgb(linear.clamp_(0, 1)).clamp_(0, 1)  # the two pieces' sum can round past 0
-        if dtype == torch.uint8:
-            srgb = srgb.mul_(255).round_()
+        # Within the gamut's tolerance of [0, 1], and the curve's two pieces can round past 0: the 8-bit rounding
+        # absorbs both, a float output is clamped.
+        srgb = _linear_to_srgb(linear)
+        srgb = srgb.mul_(255).round_() if dtype == torch.uint8 else srgb.clamp_(0, 1)
         block = out[rows, columns]
         for channel in range(3):  # channel by channel: a third faster than one transposing copy
             block[..., channel].copy_(srgb[channel].view(block.shape[:2]))
