@@ -6,7 +6,8 @@ float16 to halve the package (diffusers loads them back as float32 unless asked 
 encoder stays float32, since transformers would load it as stored. The model card (``README.md`` of the target
 folder) is kept: it is written by hand from the recipe's figures.
 
-    python training/recipes/ship_tiny.py --model edn-tiny/ccd --default-strength 0.5 --vq-inference-steps 0
+    python training/recipes/ship_tiny.py --model edn-tiny/ccd --decoder edn-tiny/refiner-long/decoder \
+        --default-strength 0.05 --vq-inference-steps 0
 """
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from edn_pipeline import EDNPipeline
+from edn_pipeline import EDNPipeline, LuminanceDecoder
 from edn_pipeline.files import atomic_folder
 
 HALF_PRECISION = ("vae", "unet", "ccd", "decoder")
@@ -27,9 +28,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "edn_pipeline" / "edn-tiny")
     parser.add_argument("--default-strength", type=float, required=True)
     parser.add_argument("--vq-inference-steps", type=int, required=True)
+    parser.add_argument(
+        "--decoder", type=Path, help="a decoder folder to ship instead of the model's (the refiner stages' output)"
+    )
     args = parser.parse_args()
 
     pipe = EDNPipeline.from_pretrained(args.model)
+    if args.decoder is not None:
+        pipe.register_modules(decoder=LuminanceDecoder.from_pretrained(args.decoder))
     pipe.register_to_config(default_strength=args.default_strength, _name_or_path=args.out.name)
     pipe.decoder.register_to_config(vq_inference_steps=args.vq_inference_steps)
     for name in HALF_PRECISION:
