@@ -212,7 +212,7 @@ _TABLE_MARGIN = 1e-3  # the table is read this share short of the boundary, so i
 @functools.cache
 def _max_chroma_table(device: torch.device) -> torch.Tensor:
     """The largest chroma fitting in sRGB at each (L*, hue) of a regular grid, flattened: built once per device
-    (tens of milliseconds), it fits an out-of-gamut pixel with one conversion where a bisection costs ten (most of
+    (tens of milliseconds), it fits an out-of-gamut pixel with one conversion where a bisection costs twelve (most of
     the composition's time on saturated outputs)."""
     lightness_ = torch.linspace(0, 100, _TABLE_LIGHTNESS_STEPS + 1, dtype=torch.float64)
     hue = torch.linspace(-math.pi, math.pi, _TABLE_HUE_STEPS + 1, dtype=torch.float64)
@@ -245,7 +245,8 @@ def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tens
     linear = _linear_rgb(fy, luminance, scaled)
     outside = _inside(linear).logical_not_().nonzero().squeeze(1)
     if len(outside):
-        fy, luminance, scaled = fy[outside], luminance[outside], scaled.index_select(1, outside)
+        fy, luminance = fy.index_select(0, outside), luminance.index_select(0, outside)
+        scaled = scaled.index_select(1, outside)
         scale = _largest_fitting_scale(fy, luminance, scaled, _BISECTION_STEPS)
         linear.index_copy_(1, outside, _linear_rgb(fy, luminance, scaled * scale))
     return linear
@@ -295,7 +296,8 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
         linear = _linear_rgb(fy, luminance, tile)
         outside = _inside(linear).logical_not_().nonzero().squeeze(1)  # indices once: a mask would search again
         if len(outside):
-            fitted = _fit_to_gamut(fy[outside], luminance[outside], tile.index_select(1, outside))
+            parts = fy.index_select(0, outside), luminance.index_select(0, outside), tile.index_select(1, outside)
+            fitted = _fit_to_gamut(*parts)
             linear.index_copy_(1, outside, fitted)
         # Within the gamut's tolerance of [0, 1], and the curve's two pieces can round past 0: the 8-bit rounding
         # absorbs both, a float output is clamped.
