@@ -166,6 +166,7 @@ def lab_chroma(rgb: torch.Tensor) -> torch.Tensor:
 
 # Linear sRGB from (X / Xn, Y, Z / Zn): skimage's matrix with the white point folded in, one row per channel.
 _RGB_FROM_RELATIVE_XYZ = _RGB_FROM_XYZ * _WHITE
+_RGB_ROWS = _RGB_FROM_RELATIVE_XYZ.tolist()  # as Python numbers, for the per-channel loop below
 
 
 def _linear_rgb(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -177,7 +178,7 @@ def _linear_rgb(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor
     x, z = _lab_f_inverse(xz, overwrite=True)
     linear = torch.empty(3, fy.numel(), dtype=fy.dtype, device=fy.device)
     # Channel by channel: a matrix product with two columns is three times slower.
-    for channel, (to_x, to_y, to_z) in enumerate(_RGB_FROM_RELATIVE_XYZ.tolist()):
+    for channel, (to_x, to_y, to_z) in enumerate(_RGB_ROWS):
         torch.mul(luminance, to_y, out=linear[channel]).add_(x, alpha=to_x).add_(z, alpha=to_z)
     return linear
 

@@ -424,7 +424,8 @@ def test_shrunk_chroma_is_the_largest_that_fits():
     low, high = np.zeros_like(lightness), np.full_like(lightness, 150.0)
     for _ in range(30):
         middle = (low + high) / 2
-        low, high = np.where(fits(middle), middle, low), np.where(fits(middle), high, middle)
+        inside = fits(middle)
+        low, high = np.where(inside, middle, low), np.where(inside, high, middle)
     result = compose_with_lightness(lightness.astype(np.float32), (direction * 150).astype(np.float32))
     lab = rgb2lab(result.astype(np.float64))
     np.testing.assert_allclose(lab[..., 0], lightness, atol=0.01)
