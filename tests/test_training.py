@@ -526,3 +526,79 @@ def test_a_new_codebook_starts_at_latent_vectors_of_the_data(tiny_sd, photos):
     )
     distances = torch.cdist(codes, latents).min(dim=1).values
     assert distances.max() < 1e-3  # every code is one of the data's latent vectors (up to float noise)
+
+
+def test_cached_views_hold_what_the_transform_and_vae_make_for_that_epoch(tiny_sd, photos, tmp_path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from edn_pipeline.training.data import TrainingExampleTransform, load_image_dataset
+    from edn_pipeline.training.latent_cache import cache_views
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    options = dict(resolution=32, tokenizer=tokenizer, no_hint_prob=0.0, point_hint_prob=0.5, center_crop=False)
+    dataset = load_image_dataset(data_dir=photos, cache_dir=tmp_path / "cache")
+    views = cache_views(dataset, TrainingExampleTransform(**options), vae, count=2, batch_size=2)
+    assert len(views) == 4  # the unreadable photo is left out
+    reference = TrainingExampleTransform(**options)
+    readable = [row for row in dataset if row["text"] != "unreadable"]
+    for epoch in (0, 1, 2):
+        views.set_epoch(epoch)
+        reference.set_epoch(epoch % 2)
+        for index, row in enumerate(readable):
+            made = reference.transform_example(row["image"], row["text"])
+            cached = views[index]
+            with torch.no_grad():
+                parameters = vae.encode(made["pixel_values"][None]).latent_dist.parameters[0]
+            torch.testing.assert_close(cached["latent_parameters"], parameters, rtol=1e-5, atol=1e-5)
+            condition = cached["conditioning_pixel_values"].float()
+            assert torch.allclose(condition, made["conditioning_pixel_values"], atol=5e-4)
+            assert torch.equal(cached["input_ids"], made["input_ids"])
+    # the two views differ: crops and hints are drawn per epoch
+    assert not torch.equal(views.views[0][0]["latent_parameters"], views.views[1][0]["latent_parameters"])
+
+
+def test_ccd_stage_on_cached_views_trains_and_resumes_with_the_same_losses(tiny_sd, photos, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    options = ("--cache_views", 2, "--lambda_ccd", 0, "--cache_dir", tmp_path / "cache", "--checkpointing_steps", 3)
+    log = train("train_ccd.py", tiny_sd, photos, whole, "--max_train_steps", 6, "--train_unet", *options)
+    assert "Encoding view 2 of 2" in log
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
+    log = train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        resumed,
+        "--max_train_steps",
+        6,
+        "--train_unet",
+        *options,
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert "Encoding view" not in log  # read back from the data set's cache
+    a, b = logged(whole), logged(resumed)
+    assert sorted(a) == list(range(1, 7)) and all(np.isfinite(list(a.values())))
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7)
+    assert EDNPipeline.from_pretrained(whole).ccd is not None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--stage", "ccd", "--cache_views", 2),  # --lambda_ccd 0.1 by default: L_CCD decodes the pixels not kept
+        ("--stage", "joint", "--cache_views", 2, "--lambda_ccd", 0),
+        ("--stage", "ccd", "--cache_views", -1),
+    ],
+)
+def test_cache_views_is_refused_where_it_cannot_work(photos, capsys, extra):
+    from edn_pipeline.training.trainer import parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    with pytest.raises(SystemExit) as info:
+        parse_args(common + list(map(str, extra)))
+    assert info.value.code == 2
+    assert "--cache_views" in capsys.readouterr().err.strip().splitlines()[-1]

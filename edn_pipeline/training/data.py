@@ -475,7 +475,7 @@ def collate_fn(examples: list[dict]) -> dict:
     run's count).  When every image of a batch was unreadable the batch holds no tensors and
     ``num_examples == 0``.
     """
-    good = [ex for ex in examples if ex.get("pixel_values") is not None]
+    good = [ex for ex in examples if any(isinstance(value, torch.Tensor) for value in ex.values())]
     batch = {"num_examples": len(good), "num_skipped": len(examples) - len(good)}
     if not good:
         return batch

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -93,6 +94,13 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         help="share of examples trained with the empty prompt, the unconditional branch of classifier-free guidance",
     )
     add("--dataloader_num_workers", type=int, default=0)
+    add(
+        "--cache_views",
+        type=int,
+        default=0,
+        help="ccd stage: make and VAE-encode this many views of every photo once, and train on view epoch mod N "
+        "(edn_pipeline.training.latent_cache); 0 makes every example anew",
+    )
     # decoder architecture when the starting model has no VQ stage
     add("--decoder_vq", action="store_true", help="give the decoder its quantiser and token refiner")
     add("--codebook_size", type=int, default=1024)
@@ -188,6 +196,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--ccd_condition_init belongs to the ccd and joint stages")
     if args.stage != "vae" and (args.vae_decoder != "kl" or args.chroma_weight or args.latent_chroma_weight):
         parser.error("--vae_decoder, --chroma_weight and --latent_chroma_weight belong to the vae stage")
+    if args.cache_views < 0:
+        parser.error("--cache_views must be 0 (off) or a number of views")
+    if args.cache_views and (args.stage != "ccd" or args.lambda_ccd or args.streaming):
+        parser.error(
+            "--cache_views stores latents, not pixels: it needs the ccd stage, --lambda_ccd 0 and no --streaming"
+        )
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -230,13 +244,16 @@ class EDNTrainingModel(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.stage == "vae":
             return self.vae_losses(batch["pixel_values"], batch["gray_values"], generator)
-        pixels = batch["pixel_values"]
-        gray = batch["gray_values"]
+        pixels, gray = batch.get("pixel_values"), batch.get("gray_values")  # absent from cached views
         with torch.no_grad():
-            latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample(generator).float()
+            if "latent_parameters" in batch:  # --cache_views: the VAE posterior, encoded once
+                posterior = DiagonalGaussianDistribution(batch["latent_parameters"].to(self.vae.dtype))
+            else:
+                posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator).float()
             text = self.text_encoder(batch["input_ids"], return_dict=False)[0]
         losses = {}
-        zero = pixels.new_zeros(())
+        zero = latents.new_zeros(())
         l_dif = l_ccd = l_vq = zero
         if self.stage in ("ccd", "joint"):
             l_dif, l_ccd = self.ccd_losses(latents, text, batch, generator)
@@ -562,9 +579,11 @@ def ema_models(trained: dict[str, nn.Module], decay: float) -> dict[str, EMAMode
     }
 
 
-def training_dataloader(dataset, tokenizer, args: argparse.Namespace):
-    """The examples' transform (the loop sets its epoch) and the DataLoader of the transformed ``dataset``."""
+def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerator=None, vae=None):
+    """What the loop sets each epoch on (the examples' transform, or with ``--cache_views`` the cached views, made
+    first by the main process with ``vae``) and the DataLoader of the transformed ``dataset``."""
     from .data import TrainingExampleTransform, collate_fn, with_training_transform
+    from .latent_cache import cache_views
 
     transform = TrainingExampleTransform(
         resolution=args.resolution,
@@ -580,8 +599,13 @@ def training_dataloader(dataset, tokenizer, args: argparse.Namespace):
         seed=args.seed,
         center_crop=not args.random_crop,
     )
+    if args.cache_views:
+        with accelerator.main_process_first():
+            transform = dataset = cache_views(dataset, transform, vae, args.cache_views)
+    else:
+        dataset = with_training_transform(dataset, transform)
     dataloader = torch.utils.data.DataLoader(
-        with_training_transform(dataset, transform),
+        dataset,
         shuffle=not args.streaming,
         collate_fn=collate_fn,
         batch_size=args.train_batch_size,
@@ -1004,7 +1028,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     weight_dtype = place_components(pipe, trained, lora, accelerator)
     ema = ema_models(trained, args.ema_decay) if args.use_ema else {}
     register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
-    transform, dataloader = training_dataloader(dataset, pipe.tokenizer, args)
+    transform, dataloader = training_dataloader(dataset, pipe.tokenizer, args, accelerator, pipe.vae)
     if new_codebook:
         init_codebook_from_data(pipe, dataloader, args.seed)
 
