@@ -63,6 +63,8 @@ VAE_CONFIG_KEYS = (
     "mid_block_add_attention",
     "use_post_quant_conv",
     "scaling_factor",
+    "latents_mean",
+    "latents_std",
 )
 
 
@@ -83,7 +85,8 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     size, shape (B, 1, H, W); it returns the colour image in [-1, 1]. With the refiner, ``vq_steps`` tokens
     steps of refinement run (0: none; ``None``: ``config.vq_inference_steps``), conditioned on the grayscale
     image and the text embeddings ``encoder_hidden_states``; ``temperature`` scales the token logits.
-    ``scaling_factor`` is the VAE's latent scale, kept here so that inference needs no VAE.
+    ``scaling_factor`` (and ``latents_mean``, ``latents_std`` when the latents are scaled per channel:
+    :mod:`edn_pipeline.latent_scale`) is the VAE's latent scale, kept here so that inference needs no VAE.
     ``enable_slicing()`` decodes a batch one image at a time. Tiling is not offered: EDN always decodes at
     the model's working resolution (large inputs only get their chroma upsampled), so it never needs it.
     """
@@ -104,6 +107,8 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         mid_block_add_attention: bool = True,
         use_post_quant_conv: bool = True,
         scaling_factor: float = 0.18215,
+        latents_mean: tuple[float, ...] | None = None,
+        latents_std: tuple[float, ...] | None = None,
         use_gray_encoder: bool = True,
         gray_encoder_block_out_channels: tuple[int, ...] | None = None,
         use_quantizer: bool = False,

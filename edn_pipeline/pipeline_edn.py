@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .ccd import CCDModel, load_ccd
 from .errors import EDNInputError, one_line
 from .image_processor import EDNImageProcessor
+from .latent_scale import scale_latents, unscale_latents
 from .luminance_decoder import LuminanceDecoder
 from .pipeline_output import EDNPipelineOutput
 
@@ -409,8 +410,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         """The VAE latent of ``pixels`` (B, 3, h, w) in [0, 1], noised to ``timestep``: where strength < 1 starts."""
         pixels = (pixels * 2 - 1).to(device=noise.device, dtype=self.vae.dtype)
         image_latents = self.vae.encode(pixels).latent_dist.mode()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        image_latents = ((image_latents - shift) * self.vae.config.scaling_factor).to(noise.dtype)
+        image_latents = scale_latents(image_latents, self.vae.config).to(noise.dtype)
         noise = noise / self.scheduler.init_noise_sigma
         return self.scheduler.add_noise(image_latents, noise, timestep.repeat(noise.shape[0]))
 
@@ -481,7 +481,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Colour latents to images in [0, 1] with the luminance-aware (VQ-Diffusion) decoder."""
-        latents = latents / self.decoder.config.scaling_factor
+        latents = unscale_latents(latents, self.decoder.config)
         dtype = self.decoder.dtype
         gray = (gray * 2 - 1).to(latents.device, dtype)  # decoder.device is "meta" when offloaded
         if prompt_embeds is not None:

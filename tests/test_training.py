@@ -602,3 +602,30 @@ def test_cache_views_is_refused_where_it_cannot_work(photos, capsys, extra):
         parse_args(common + list(map(str, extra)))
     assert info.value.code == 2
     assert "--cache_views" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_per_channel_latents_are_measured_on_the_data_and_shipped_with_the_model(tiny_sd, photos, tmp_path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from edn_pipeline.training.data import TrainingExampleTransform, load_image_dataset
+
+    out = tmp_path / "ccd"
+    train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 2, "--train_unet", "--per_channel_latents")
+    # the same statistics, computed here: epoch 0's examples through the starting VAE's encoder
+    vae = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae").eval()
+    transform = TrainingExampleTransform(
+        resolution=32, tokenizer=CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer"), seed=3
+    )
+    rows = [transform.transform_example(row["image"], row["text"]) for row in load_image_dataset(data_dir=photos)]
+    with torch.no_grad():
+        means = vae.encode(torch.stack([r["pixel_values"] for r in rows if r is not None])).latent_dist.mean
+    channels = means.transpose(0, 1).flatten(1).double()
+    pipe = EDNPipeline.from_pretrained(out)
+    for config in (pipe.vae.config, pipe.decoder.config):
+        assert config.scaling_factor == 1.0
+        np.testing.assert_allclose(config.latents_mean, channels.mean(1).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(config.latents_std, channels.std(1).numpy(), rtol=1e-4, atol=1e-5)
+    pipe.set_progress_bar_config(disable=True)
+    photo = PIL.Image.open(photos / "rocket.png")
+    assert pipe(photo, num_inference_steps=4, strength=0.5).images[0].size == (40, 36)

@@ -15,6 +15,9 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   it; with ``--vae_decoder luminance`` the encoder is trained together with the luminance-aware decoder, which
   sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
+``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
+and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
+
 All losses come from :mod:`edn_pipeline.training.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
 drawn from a generator seeded by (seed, epoch, step, process), so a resumed run repeats an uninterrupted one.
 """
@@ -41,6 +44,7 @@ except ImportError as error:  # the colourising install leaves the training depe
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
 from ..errors import EDNInputError
+from ..latent_scale import scale_latents, unscale_latents
 from ..mask_and_replace import q_sample
 from .losses import ccd_loss, chroma_l1, diffusion_loss, latent_chroma_l1, predicted_x0, total_loss, vq_diffusion_loss
 
@@ -127,6 +131,12 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--enable_xformers_memory_efficient_attention", action="store_true", help="PyTorch SDPA otherwise")
     add("--use_ema", action="store_true")
     add("--ema_decay", type=float, default=0.9999)
+    add(
+        "--per_channel_latents",
+        action="store_true",
+        help="scale each latent channel to zero mean and unit variance for the UNet, measured on the data before "
+        "training (the VAE's and decoder's latents_mean / latents_std)",
+    )
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
@@ -202,6 +212,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(
             "--cache_views stores latents, not pixels: it needs the ccd stage, --lambda_ccd 0 and no --streaming"
         )
+    if args.per_channel_latents and args.stage not in ("ccd", "joint"):
+        parser.error("--per_channel_latents belongs to the ccd and joint stages (the UNet's input)")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -294,7 +306,7 @@ class EDNTrainingModel(nn.Module):
     def ccd_losses(self, latents, text, batch, generator):
         """L_dif of the adapter-steered UNet, and L_CCD on the image decoded from its x̃_0 (Eq. 2-4)."""
         scheduler = self.noise_scheduler
-        scaled = latents * self.vae.config.scaling_factor
+        scaled = scale_latents(latents, self.vae.config)
         noise = torch.randn(scaled.shape, generator=generator, device=scaled.device)
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (scaled.shape[0],), generator=generator, device=scaled.device
@@ -328,7 +340,7 @@ class EDNTrainingModel(nn.Module):
         l_dif = diffusion_loss(prediction, target.float())
         if self.lambda_ccd == 0:
             return l_dif, l_dif.new_zeros(())
-        x0 = predicted_x0(noisy, eps, alphas) / self.vae.config.scaling_factor
+        x0 = unscale_latents(predicted_x0(noisy, eps, alphas), self.vae.config)
         decoded = self.decoder(x0.to(self.decoder.dtype), gray_for(self.decoder, batch), vq_steps=0).sample.float()
         target_rgb, pred_rgb = (batch["pixel_values"].float() + 1) / 2, (decoded.clamp(-1, 1) + 1) / 2
         l_ccd = ccd_loss(pred_rgb, target_rgb, gray=(batch["gray_values"].float() + 1) / 2).total
@@ -898,15 +910,42 @@ def measure_latent_std(vae, dataloader, max_batches: int = 32) -> float:
     return math.sqrt(max(squares / count - (total / count) ** 2, 1e-12))
 
 
+@torch.no_grad()
+def measure_latent_channels(vae, examples, count: int = 512, batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the VAE's posterior means over the first ``count`` of ``examples`` (the
+    transformed data set at epoch 0, or the cached views' first). Measured the same way when a run resumes."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    means = []
+    for start in range(0, min(count, len(examples)), batch_size):
+        batch = [examples[i] for i in range(start, min(start + batch_size, count, len(examples)))]
+        if "latent_parameters" in batch[0]:
+            parameters = torch.stack([example["latent_parameters"] for example in batch])
+            means.append(DiagonalGaussianDistribution(parameters.double()).mean)
+        else:
+            pixels = [example["pixel_values"] for example in batch if example["pixel_values"] is not None]
+            if pixels:
+                means.append(vae.encode(torch.stack(pixels).to(vae.device, vae.dtype)).latent_dist.mean.double())
+    channels = torch.cat(means).transpose(0, 1).flatten(1)
+    return channels.mean(dim=1).tolist(), channels.std(dim=1).tolist()
+
+
+def adopt_per_channel_latents(pipe, mean: list[float], std: list[float]) -> None:
+    """The VAE and decoder configs that scale each latent channel to zero mean and unit variance for the UNet."""
+    for component in (pipe.vae, pipe.decoder):
+        component.register_to_config(latents_mean=mean, latents_std=std, scaling_factor=1.0)
+
+
 def adopt_trained_vae(pipe, latent_std: float, vae_decoder: str) -> None:
     """After the vae stage: SD's latent scaling (1 / std), and a luminance-aware decoder that decodes the new
     latents: the one trained with the encoder (its weights also copied into the VAE's own decoder, which then
     lacks only the grayscale features), or one restarted from the new VAE decoder."""
     from ..luminance_decoder import VAE_CONFIG_KEYS, LuminanceDecoder
 
-    pipe.vae.register_to_config(scaling_factor=1.0 / latent_std)
+    scale = dict(scaling_factor=1.0 / latent_std, latents_mean=None, latents_std=None)  # a new latent: one factor
+    pipe.vae.register_to_config(**scale)
     if vae_decoder == "luminance":
-        pipe.decoder.register_to_config(scaling_factor=1.0 / latent_std)
+        pipe.decoder.register_to_config(**scale)
         pipe.vae.decoder.load_state_dict(pipe.decoder.decoder.state_dict())
         if pipe.decoder.post_quant_conv is not None:
             pipe.vae.post_quant_conv.load_state_dict(pipe.decoder.post_quant_conv.state_dict())
@@ -1031,6 +1070,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     transform, dataloader = training_dataloader(dataset, pipe.tokenizer, args, accelerator, pipe.vae)
     if new_codebook:
         init_codebook_from_data(pipe, dataloader, args.seed)
+    if args.per_channel_latents:
+        adopt_per_channel_latents(pipe, *measure_latent_channels(pipe.vae, dataloader.dataset))
 
     parameters = trained_parameters(trained, pipe.unet)
     optimizer, lr_scheduler, updates_per_epoch = optimisation(parameters, dataloader, accelerator.num_processes, args)
