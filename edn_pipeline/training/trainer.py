@@ -591,7 +591,7 @@ def ema_models(trained: dict[str, nn.Module], decay: float) -> dict[str, EMAMode
     }
 
 
-def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerator=None, vae=None):
+def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerator, vae):
     """What the loop sets each epoch on (the examples' transform, or with ``--cache_views`` the cached views, made
     first by the main process with ``vae``) and the DataLoader of the transformed ``dataset``."""
     from .data import TrainingExampleTransform, collate_fn, with_training_transform
@@ -914,8 +914,6 @@ def measure_latent_std(vae, dataloader, max_batches: int = 32) -> float:
 def measure_latent_channels(vae, examples, count: int = 512, batch_size: int = 32) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the VAE's posterior means over the first ``count`` of ``examples`` (the
     transformed data set at epoch 0, or the cached views' first). Measured the same way when a run resumes."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
     means = []
     for start in range(0, min(count, len(examples)), batch_size):
         batch = [examples[i] for i in range(start, min(start + batch_size, count, len(examples)))]

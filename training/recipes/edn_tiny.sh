@@ -94,16 +94,19 @@ timed refiner-long 1500 16 "${LAUNCH[@]}" training/train_edn.py --stage refiner 
   --train_batch_size 16 --learning_rate 5e-4 --lr_scheduler cosine --lr_warmup_steps 20 --max_train_steps 1500 \
   --vq_aux_weight 1
 
-# 3c. the adapter and UNet trained on for 6,000 steps, from stage 3 and 3b as the package held them (float16), on
-#    four cached views of every photo (--cache_views: examples and VAE latents made once, 7 minutes): 41 samples/s
-#    against stage 3's 8.7, so four times stage 3's examples in 45 minutes
+# 3c. the adapter and UNet trained on for 8,000 steps, from stages 3 and 3b as the package held them (float16):
+#    - on four cached views of every photo (--cache_views: examples and VAE latents made once, 7 minutes), so a
+#      step runs at the latent size: 41 samples/s against stage 3's 8.7;
+#    - with each latent channel scaled to zero mean and unit variance (--per_channel_latents): under the VAE's one
+#      scaling factor the two colour channels had a std of 0.25-0.31 and the fourth a mean of +2, so the noise
+#      drowned the colour after 73 of the 1,000 timesteps and samples from noise came out as coloured blotches.
 python training/recipes/ship_tiny.py --model "$WORK/ccd" --decoder "$WORK/refiner-long/decoder" \
   --default-strength 0.05 --vq-inference-steps 0 --out "$WORK/stage3"
-timed ccd-cached 6000 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/stage3" --train_unet \
+timed ccd-cached 8000 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_or_path "$WORK/stage3" --train_unet \
   --output_dir "$WORK/ccd-cached" "${COMMON[@]}" --dataloader_num_workers 0 --checkpointing_steps 250 \
-  --cache_views 4 --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine --lr_warmup_steps 100 \
-  --max_train_steps 6000 --lambda_ccd 0 --hint_ratio 0.3 0.5 --no_hint_prob 0.2 --point_hint_prob 0.5 \
-  --generic_prompt_prob 0.3 --proportion_empty_prompts 0.1
+  --cache_views 4 --per_channel_latents --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine \
+  --lr_warmup_steps 100 --max_train_steps 8000 --lambda_ccd 0 --hint_ratio 0.3 0.5 --no_hint_prob 0.2 \
+  --point_hint_prob 0.5 --generic_prompt_prob 0.3 --proportion_empty_prompts 0.1
 
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
 #    run from the photo as its hints colour it, with no hints and with 10; on the model as it ships (float16 weights,
