@@ -96,7 +96,7 @@ timed refiner-long 1500 16 "${LAUNCH[@]}" training/train_edn.py --stage refiner 
 
 # 3c. the adapter and UNet trained on for 8,000 steps, from stages 3 and 3b as the package held them (float16):
 #    - on four cached views of every photo (--cache_views: examples and VAE latents made once, 7 minutes), so a
-#      step runs at the latent size: 41 samples/s against stage 3's 8.7;
+#      step runs at the latent size: 37 samples/s over the run (41 alone) against stage 3's 8.7;
 #    - with each latent channel scaled to zero mean and unit variance (--per_channel_latents): under the VAE's one
 #      scaling factor the two colour channels had a std of 0.25-0.31 and the fourth a mean of +2, so the noise
 #      drowned the colour after 73 of the 1,000 timesteps and samples from noise came out as coloured blotches.
