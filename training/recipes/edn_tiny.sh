@@ -111,7 +111,7 @@ timed ccd-cached 8000 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
 #    run from the photo as its hints colour it, with no hints and with 10; on the model as it ships (float16 weights,
 #    token refinement off)
-python training/recipes/ship_tiny.py --model "$WORK/ccd" --default-strength 1.0 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/ccd-cached" --default-strength 1.0 --vq-inference-steps 0 \
   --out "$WORK/candidate"
 mkdir -p "$WORK/tuning"
 for photo in $(ls "$PHOTOS"/bsds500-train/*.jpg | head -12); do ln -sf "$(realpath "$photo")" "$WORK/tuning/"; done
@@ -121,10 +121,11 @@ for strength in 0.05 0.1 0.2 0.3 0.5; do
 done
 
 # 5. into the package (float16 diffusers weights, loaded back as float32), where `edn colorize` finds it, with the
-#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.10 dB, 0.1 27.81,
-#    0.2 27.49, 0.3 27.19, 0.5 26.43; lower strengths also scored higher at each K, at fainter colours without hints)
-python training/recipes/ship_tiny.py --model "$WORK/ccd" --decoder "$WORK/refiner-long/decoder" \
-  --default-strength 0.05 --vq-inference-steps 0 --out edn_pipeline/edn-tiny
+#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.13 dB, 0.1 28.07,
+#    0.2 28.00, 0.3 27.90, 0.5 27.51; lower strengths also scored higher at each K, at fainter colours without hints;
+#    before stage 3c 28.10, 27.81, 27.49, 27.19, 26.43). Stage 3c's decoder is stage 3b's, which stage3 carried.
+python training/recipes/ship_tiny.py --model "$WORK/ccd-cached" --default-strength 0.05 --vq-inference-steps 0 \
+  --out edn_pipeline/edn-tiny
 
 # 6. the figures of its model card (held-out photos): the table, the hint curve and the before/after grid
 python benchmarks/quality_tiny.py --data "$PHOTOS" --model edn_pipeline/edn-tiny --timings "$WORK/timings.json" \
