@@ -258,11 +258,7 @@ class EDNTrainingModel(nn.Module):
             return self.vae_losses(batch["pixel_values"], batch["gray_values"], generator)
         pixels, gray = batch.get("pixel_values"), batch.get("gray_values")  # absent from cached views
         with torch.no_grad():
-            if "latent_parameters" in batch:  # --cache_views: the VAE posterior, encoded once
-                posterior = DiagonalGaussianDistribution(batch["latent_parameters"].to(self.vae.dtype))
-            else:
-                posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            latents = posterior.sample(generator).float()
+            latents = latent_posterior(self.vae, batch).sample(generator).float()
             text = self.text_encoder(batch["input_ids"], return_dict=False)[0]
         losses = {}
         zero = latents.new_zeros(())
@@ -369,6 +365,13 @@ class EDNTrainingModel(nn.Module):
             return pixels.new_zeros(()), commitment, l_vq
         reconstruction = F.l1_loss(decoder.decode_quantized(latents, features).float(), pixels.float())
         return reconstruction, commitment, l_vq
+
+
+def latent_posterior(vae, batch: dict) -> DiagonalGaussianDistribution:
+    """The VAE posterior of a batch's photos: read from the cached views (``--cache_views``), or encoded."""
+    if "latent_parameters" in batch:
+        return DiagonalGaussianDistribution(batch["latent_parameters"].to(vae.device, vae.dtype))
+    return vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist
 
 
 def gray_for(decoder, batch) -> torch.Tensor | None:
@@ -905,7 +908,7 @@ def measure_latent_std(vae, dataloader, max_batches: int = 32) -> float:
             break
         if batch["num_examples"] == 0:
             continue
-        mean = vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist.mean.double()
+        mean = latent_posterior(vae, batch).mean.double()
         count, total, squares = count + mean.numel(), total + float(mean.sum()), squares + float(mean.square().sum())
     return math.sqrt(max(squares / count - (total / count) ** 2, 1e-12))
 
@@ -914,16 +917,13 @@ def measure_latent_std(vae, dataloader, max_batches: int = 32) -> float:
 def measure_latent_channels(vae, examples, count: int = 512, batch_size: int = 32) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the VAE's posterior means over the first ``count`` of ``examples`` (the
     transformed data set at epoch 0, or the cached views' first). Measured the same way when a run resumes."""
+    from .data import collate_fn
+
     means = []
     for start in range(0, min(count, len(examples)), batch_size):
-        batch = [examples[i] for i in range(start, min(start + batch_size, count, len(examples)))]
-        if "latent_parameters" in batch[0]:
-            parameters = torch.stack([example["latent_parameters"] for example in batch])
-            means.append(DiagonalGaussianDistribution(parameters.double()).mean)
-        else:
-            pixels = [example["pixel_values"] for example in batch if example["pixel_values"] is not None]
-            if pixels:
-                means.append(vae.encode(torch.stack(pixels).to(vae.device, vae.dtype)).latent_dist.mean.double())
+        batch = collate_fn([examples[i] for i in range(start, min(start + batch_size, count, len(examples)))])
+        if batch["num_examples"]:
+            means.append(latent_posterior(vae, batch).mean.double())
     channels = torch.cat(means).transpose(0, 1).flatten(1)
     return channels.mean(dim=1).tolist(), channels.std(dim=1).tolist()
 
