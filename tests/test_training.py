@@ -629,3 +629,49 @@ def test_per_channel_latents_are_measured_on_the_data_and_shipped_with_the_model
     pipe.set_progress_bar_config(disable=True)
     photo = PIL.Image.open(photos / "rocket.png")
     assert pipe(photo, num_inference_steps=4, strength=0.5).images[0].size == (40, 36)
+
+
+def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(tiny_sd, photos, tmp_path):
+    from diffusers import DDIMScheduler
+
+    epsilon, velocity = tmp_path / "epsilon", tmp_path / "v"
+    train("train_ccd.py", tiny_sd, photos, epsilon, "--max_train_steps", 1, "--lambda_ccd", 0)
+    train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        velocity,
+        "--max_train_steps",
+        1,
+        "--lambda_ccd",
+        0,
+        "--prediction_type",
+        "v_prediction",
+    )
+    assert DDIMScheduler.load_config(epsilon / "scheduler")["prediction_type"] == "epsilon"
+    assert DDIMScheduler.load_config(velocity / "scheduler")["prediction_type"] == "v_prediction"
+    # the same seed draws the same noise, timesteps and examples: only the target differs
+    assert logged(velocity)[1] != pytest.approx(logged(epsilon)[1], rel=1e-3)
+    # a run from the v-prediction model keeps its target without the option
+    again = tmp_path / "again"
+    train("train_ccd.py", velocity, photos, again, "--max_train_steps", 1, "--lambda_ccd", 0)
+    assert DDIMScheduler.load_config(again / "scheduler")["prediction_type"] == "v_prediction"
+
+
+def test_prediction_type_is_refused_outside_the_unet_stages(photos, capsys):
+    from edn_pipeline.training.trainer import parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    with pytest.raises(SystemExit) as info:
+        parse_args(common + ["--stage", "decoder", "--prediction_type", "v_prediction"])
+    assert info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("error: --prediction_type belongs to the ccd and joint stages (the UNet's target)")
+    )
+    assert (
+        parse_args(common + ["--stage", "joint", "--prediction_type", "v_prediction"]).prediction_type
+        == "v_prediction"
+    )

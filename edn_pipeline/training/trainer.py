@@ -15,7 +15,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   it; with ``--vae_decoder luminance`` the encoder is trained together with the luminance-aware decoder, which
   sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
-``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
+``--prediction_type v_prediction`` (ccd and joint stages) trains the UNet on v instead of ε and saves that in the
+exported scheduler. ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
 All losses come from :mod:`edn_pipeline.training.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
@@ -137,6 +138,14 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         help="scale each latent channel to zero mean and unit variance for the UNet, measured on the data before "
         "training (the VAE's and decoder's latents_mean / latents_std)",
     )
+    add(
+        "--prediction_type",
+        choices=["epsilon", "v_prediction"],
+        default=None,
+        help="ccd and joint stages: what the UNet learns to predict, saved in the exported scheduler; the starting "
+        "model's otherwise. ε-prediction weighs an x̃_0 error by the SNR, so at high noise, where colour is decided, "
+        "it barely counts; v-prediction weighs it by SNR + 1",
+    )
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
@@ -214,6 +223,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         )
     if args.per_channel_latents and args.stage not in ("ccd", "joint"):
         parser.error("--per_channel_latents belongs to the ccd and joint stages (the UNet's input)")
+    if args.prediction_type and args.stage not in ("ccd", "joint"):
+        parser.error("--prediction_type belongs to the ccd and joint stages (the UNet's target)")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -1070,6 +1081,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         init_codebook_from_data(pipe, dataloader, args.seed)
     if args.per_channel_latents:
         adopt_per_channel_latents(pipe, *measure_latent_channels(pipe.vae, dataloader.dataset))
+    if args.prediction_type:
+        pipe.scheduler.register_to_config(prediction_type=args.prediction_type)
 
     parameters = trained_parameters(trained, pipe.unet)
     optimizer, lr_scheduler, updates_per_epoch = optimisation(parameters, dataloader, accelerator.num_processes, args)
