@@ -77,6 +77,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--label", help="the model's name in the tables (default: the --model folder's name)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--hint-guidance", type=float, default=1.0, help="the pipeline's hint_guidance_scale")
     parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
     parser.add_argument("--hint-counts", type=hint_counts, default="0,1,2,5,10,20,50", help="comma-separated K")
     parser.add_argument("--hint-radius", type=float, default=3.0, help="pixels, for EDN and the baseline alike")
@@ -140,6 +141,7 @@ def colourise(pipe: EDNPipeline, args: argparse.Namespace, gray: np.ndarray, **k
         gray,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        hint_guidance_scale=args.hint_guidance,
         strength=args.strength,
         generator=generator,
         **kwargs,
@@ -417,7 +419,8 @@ def main() -> None:
     strength = args.strength or pipe.config.default_strength
     print(
         f"{len(paths)} held-out photos from {args.data} (longer side <= {args.max_side}); model {args.model}, "
-        f"{args.steps} steps, strength {strength}, guidance {args.guidance}, seed {args.seed}",
+        f"{args.steps} steps, strength {strength}, guidance {args.guidance}, hint guidance {args.hint_guidance}, "
+        f"seed {args.seed}",
         flush=True,
     )
 
@@ -433,7 +436,10 @@ def main() -> None:
     if stages is not None:
         print_timings(stages)
     if args.json is not None:
-        settings = {key: getattr(args, key) for key in ("steps", "guidance", "seed", "max_side", "hint_radius")}
+        settings = {
+            key: getattr(args, key)
+            for key in ("steps", "guidance", "hint_guidance", "seed", "max_side", "hint_radius")
+        }
         write_json(
             args.json,
             {

@@ -49,6 +49,32 @@ def test_denoising_step_equals_controlnet_plus_unet():
     assert torch.equal(ours, theirs)
 
 
+def test_hint_guidance_moves_the_step_away_from_the_hint_free_prediction():
+    pipe = EDNPipeline(**tiny_components())
+    latents = torch.randn(1, 4, 16, 16, generator=seeded(0))
+    negative, positive = torch.randn(2, 16, 16, generator=seeded(1)).chunk(2)
+    hinted = torch.rand(1, 7, 32, 32, generator=seeded(2))
+    gray_only = torch.cat([hinted[:, :3], torch.zeros(1, 4, 32, 32)], dim=1)
+    t = torch.tensor(500)
+    with torch.no_grad():
+        ours = pipe.predict_noise(
+            latents,
+            t,
+            torch.cat([negative, positive, positive]),
+            torch.cat([hinted, hinted, gray_only]),
+            guidance_scale=5.0,
+            hint_guidance_scale=2.5,
+        )
+        # each branch alone, and the two guidances written out
+        uncond, text, text_without_hints = (
+            pipe.predict_noise(latents, t, embeds, condition)
+            for embeds, condition in ((negative, hinted), (positive, hinted), (positive, gray_only))
+        )
+        theirs = uncond + 5.0 * (text - uncond) + 1.5 * (text - text_without_hints)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert (text - text_without_hints).abs().mean() > 1e-3  # the hints do move this adapter's prediction
+
+
 def test_whole_denoising_loop_matches_diffusers_controlnet_pipeline():
     parts = tiny_components()
     edn = EDNPipeline(**parts)

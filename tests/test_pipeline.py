@@ -129,6 +129,34 @@ def test_hints_reach_the_adapter_as_colour_and_mask(pipe, photo):
     assert not np.array_equal(np.array(plain), np.array(hinted))
 
 
+def test_hint_guidance_adds_a_branch_without_the_hints_only_when_there_are_hints(pipe, photo):
+    branches = []
+    original = pipe.predict_noise
+
+    def spy(latents, t, prompt_embeds, condition, **kwargs):
+        branches.append(condition.chunk(condition.shape[0] // latents.shape[0]))
+        return original(latents, t, prompt_embeds, condition, **kwargs)
+
+    pipe.predict_noise = spy
+    try:
+        hints = [(5, 5, "#ff0000"), (40, 30, (0, 0, 255), 3)]
+        guided = run(pipe, photo, hints=hints, hint_guidance_scale=3.0)[0]
+        unhinted_guided = run(pipe, photo, hint_guidance_scale=3.0)[0]
+    finally:
+        del pipe.predict_noise
+    # with hints: negative prompt, prompt, and the prompt again on the gray image alone
+    negative, positive, without = branches[0]
+    assert torch.equal(negative, positive) and positive[:, 6].sum() > 0
+    assert torch.equal(without[:, :3], positive[:, :3]) and not without[:, 3:].any()
+    assert len(branches[STEPS]) == 2  # without hints there is nothing to guide on: no third batch
+    assert not np.array_equal(np.array(guided), np.array(run(pipe, photo, hints=hints)[0]))
+    np.testing.assert_array_equal(np.array(unhinted_guided), np.array(run(pipe, photo)[0]))
+    # scale 1 is off: bit for bit the unguided call
+    np.testing.assert_array_equal(
+        np.array(run(pipe, photo, hints=hints, hint_guidance_scale=1.0)[0]), np.array(run(pipe, photo, hints=hints)[0])
+    )
+
+
 def test_rgba_hint_image_hints_where_its_alpha_is(pipe, photo):
     """An RGBA hint image is read: its opaque pixels reach the adapter as seeds of their colour, and the output
     changes; a fully transparent one is no hint at all."""
@@ -309,6 +337,7 @@ def bad_calls(photo):
         (dict(image=photo, num_inference_steps=0), "num_inference_steps"),
         (dict(image=photo, guidance_scale=float("nan")), "guidance_scale"),
         (dict(image=photo, guidance_scale=-1.0), "guidance_scale"),
+        (dict(image=photo, hint_guidance_scale=float("inf")), "hint_guidance_scale"),
         (dict(image=[photo, photo], prompt=["a", "b", "c"]), "mismatched batch lengths"),
         (dict(image=[photo, photo], hints=[None]), "mismatched batch lengths"),
         (dict(image=photo, generator=[seeded(0), seeded(1)]), "mismatched batch lengths"),
