@@ -85,6 +85,21 @@ def test_hints_from_flags_and_from_a_json_file(model_dir, inputs, tmp_path):
     assert np.array_equal(images[1], images[2])
 
 
+def test_hint_guidance_reaches_the_pipeline(model_dir, inputs, tmp_path):
+    hint = ("--hint", "5,5,#ff0000")
+    runs = {
+        "hinted": hint,
+        "guided": (*hint, "--hint-guidance", "4"),
+        "plain": (),
+        "plain guided": ("--hint-guidance", "4"),
+    }
+    for name, flags in runs.items():
+        assert colorize(model_dir, inputs / "a.png", "--out", tmp_path / name, *flags) == 0
+    image = {name: np.array(PIL.Image.open(tmp_path / name / "a.png")) for name in runs}
+    assert not np.array_equal(image["hinted"], image["guided"])
+    assert np.array_equal(image["plain"], image["plain guided"])  # no hints, nothing to guide on
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -106,7 +121,15 @@ def test_missing_model_is_a_one_line_error(inputs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "flag", [["--steps", "0"], ["--guidance", "nan"], ["--hint", "1,2"], ["--strength", "0"], ["--strength", "1.5"]]
+    "flag",
+    [
+        ["--steps", "0"],
+        ["--guidance", "nan"],
+        ["--hint-guidance", "-1"],
+        ["--hint", "1,2"],
+        ["--strength", "0"],
+        ["--strength", "1.5"],
+    ],
 )
 def test_bad_flags_exit_2(model_dir, inputs, tmp_path, flag):
     with pytest.raises(SystemExit) as exit_info:
@@ -186,7 +209,14 @@ def test_help_shows_the_defaults(capsys):
         main(["colorize", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option, default in (("--steps", 50), ("--guidance", 5.0), ("--seed", 0), ("--max-megapixels", 100.0)):
+    defaults = (
+        ("--steps", 50),
+        ("--guidance", 5.0),
+        ("--hint-guidance", 1.0),
+        ("--seed", 0),
+        ("--max-megapixels", 100.0),
+    )
+    for option, default in defaults:
         assert re.search(rf"{option} [A-Z_]+ ((?! --).)*\(default: {re.escape(str(default))}\)", text), option
 
 

@@ -292,6 +292,7 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
             hints=[hints.get(str(path), hints.get(path.name, image_hints)) for path, _, _ in batch],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
+            hint_guidance_scale=args.hint_guidance,
             strength=args.strength,
             generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
         ).images
@@ -331,6 +332,7 @@ def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, fa
                 hints=hints.get(str(path), hints.get(path.name, args.hint or None)),
                 num_inference_steps=args.steps,
                 guidance_scale=args.guidance,
+                hint_guidance_scale=args.hint_guidance,
                 strength=args.strength,
                 generator=torch.Generator().manual_seed(args.seed),
             )
@@ -436,6 +438,12 @@ def add_colorize_parser(subparsers) -> argparse.ArgumentParser:
         type=non_negative_float,
         default=5.0,
         help="classifier-free guidance weight (default: %(default)s)",
+    )
+    col.add_argument(
+        "--hint-guidance",
+        type=non_negative_float,
+        default=1.0,
+        help="guidance on the hints against a hint-free prediction; 1 is off (default: %(default)s)",
     )
     col.add_argument(
         "--strength", type=unit_fraction, default=None, help="share of the noise schedule run (default: the model's)"
