@@ -127,7 +127,7 @@ timed ccd-v 2000 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
 #    run from the photo as its hints colour it, with no hints and with 10; on the model as it ships (float16 weights,
 #    token refinement off)
-python training/recipes/ship_tiny.py --model "$WORK/ccd-cached" --default-strength 1.0 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/ccd-v" --default-strength 1.0 --vq-inference-steps 0 \
   --out "$WORK/candidate"
 mkdir -p "$WORK/tuning"
 for photo in $(ls "$PHOTOS"/bsds500-train/*.jpg | head -12); do ln -sf "$(realpath "$photo")" "$WORK/tuning/"; done
@@ -137,10 +137,11 @@ for strength in 0.05 0.1 0.2 0.3 0.5; do
 done
 
 # 5. into the package (float16 diffusers weights, loaded back as float32), where `edn colorize` finds it, with the
-#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.13 dB, 0.1 28.07,
-#    0.2 28.00, 0.3 27.90, 0.5 27.51; lower strengths also scored higher at each K, at fainter colours without hints;
-#    before stage 3c 28.10, 27.81, 27.49, 27.19, 26.43). Stage 3c's decoder is stage 3b's, which stage3 carried.
-python training/recipes/ship_tiny.py --model "$WORK/ccd-cached" --default-strength 0.05 --vq-inference-steps 0 \
+#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.13 dB, 0.1 28.01,
+#    0.2 27.87, 0.3 27.75, 0.5 27.45; lower strengths also scored higher at each K, at fainter colours without hints;
+#    before stage 3d 28.13, 28.07, 28.00, 27.90, 27.51; before stage 3c 28.10, 27.81, 27.49, 27.19, 26.43). The
+#    decoder is stage 3b's, which stage3 and stage3c carried.
+python training/recipes/ship_tiny.py --model "$WORK/ccd-v" --default-strength 0.05 --vq-inference-steps 0 \
   --out edn_pipeline/edn-tiny
 
 # 6. the figures of its model card (held-out photos): the table, the hint curve and the before/after grid
