@@ -722,15 +722,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         if strength < 1:
             latents = self.noised_image_latents(self.hinted_photo(condition), latents, timesteps[:1])
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        # the batches of each step: [negative prompt,] prompt[, prompt without the hints]
-        step_embeds, step_conditions = [prompt_embeds], [condition]
-        if self.do_classifier_free_guidance:
-            step_embeds.insert(0, negative_prompt_embeds)
-            step_conditions.insert(0, condition)
         hint_guidance = hint_guidance_scale != 1 and bool(condition[:, 6].any())  # channel 6: hint confidence
-        if hint_guidance:
-            step_embeds.append(prompt_embeds)
-            step_conditions.append(self.without_hints(condition))
 
         # 6. Denoising loop
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
@@ -738,6 +730,15 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                # the batches: [negative prompt,] prompt[, prompt without the hints], each step anew (a callback
+                # may replace the embeddings or the condition)
+                step_embeds, step_conditions = [prompt_embeds], [condition]
+                if self.do_classifier_free_guidance:
+                    step_embeds.insert(0, negative_prompt_embeds)
+                    step_conditions.insert(0, condition)
+                if hint_guidance:
+                    step_embeds.append(prompt_embeds)
+                    step_conditions.append(self.without_hints(condition))
                 noise_pred = self.predict_noise(
                     latents,
                     t,
