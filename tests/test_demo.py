@@ -187,6 +187,15 @@ def test_colourise_returns_gray_before_and_rgb_after_of_the_input_size(pipe, gra
     assert np.array_equal(np.asarray(again), np.asarray(after))
 
 
+def test_colourise_passes_hint_guidance_to_the_pipeline(pipe, gray_photo):
+    hints = [[20, 10, "#ff0000"]]
+    plain = colourise(pipe, gray_photo, "", hints, steps=2, seed=1)[1]
+    guided = colourise(pipe, gray_photo, "", hints, steps=2, seed=1, hint_guidance=4)[1]
+    assert not np.array_equal(np.asarray(plain), np.asarray(guided))
+    with pytest.raises(EDNInputError, match="must be numbers"):
+        colourise(pipe, gray_photo, "", hints, steps=2, hint_guidance="strong")
+
+
 def test_colourise_progress_counts_the_steps_that_strength_runs(pipe, gray_photo):
     steps = []
     colourise(pipe, gray_photo, "", [], steps=4, strength=0.5, on_step=lambda done, total: steps.append((done, total)))

@@ -202,11 +202,13 @@ def colourise(
     seed: int = 0,
     on_step: Callable[[int, int], None] | None = None,
     strength: float | None = None,
+    hint_guidance: float = 1.0,
 ) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """Colourise ``image`` with ``pipe``; returns ``(before, after)``: its grayscale and the RGB result.
 
     ``hints`` are the pipeline's point hints or the hint table's rows; ``on_step(done, total)`` reports
-    progress; ``strength`` ``None`` is the model's own.  Bad input raises :class:`EDNInputError`.
+    progress; ``strength`` ``None`` is the model's own; ``hint_guidance`` is the pipeline's ``hint_guidance_scale``.
+    Bad input raises :class:`EDNInputError`.
     """
     import torch
 
@@ -216,10 +218,10 @@ def colourise(
         raise EDNInputError("upload a photo first")
     hints = hints_from_table(hints) if hints and not isinstance(hints[0], tuple) else list(hints or [])
     try:
-        steps, guidance, seed = int(steps), float(guidance), int(seed)
+        steps, guidance, seed, hint_guidance = int(steps), float(guidance), int(seed), float(hint_guidance)
     except (TypeError, ValueError, OverflowError):
-        got = f"{steps!r}, {guidance!r}, {seed!r}"
-        raise EDNInputError(f"steps, guidance and seed must be numbers, got {got}") from None
+        got = f"{steps!r}, {guidance!r}, {seed!r}, {hint_guidance!r}"
+        raise EDNInputError(f"steps, guidance, seed and hint guidance must be numbers, got {got}") from None
     callback = None
     if on_step is not None:
 
@@ -235,6 +237,7 @@ def colourise(
         num_inference_steps=steps,
         strength=None if strength is None else float(strength),
         guidance_scale=guidance,
+        hint_guidance_scale=hint_guidance,
         generator=torch.Generator().manual_seed(seed),
         callback_on_step_end=callback,
     ).images[0]
@@ -317,6 +320,9 @@ def _lay_out(gr, default_strength: float, default_steps: int, default_guidance: 
                 )
                 page.guidance = gr.Slider(
                     0, 15, value=default_guidance, step=0.5, label="Guidance", elem_id="edn-guidance"
+                )
+                page.hint_guidance = gr.Slider(
+                    1, 5, value=1, step=0.5, label="Hint guidance (1: off)", elem_id="edn-hint-guidance"
                 )
                 page.seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="edn-seed")
             page.run = gr.Button("Colourise", variant="primary", elem_id="edn-run")
@@ -401,7 +407,7 @@ def _wire_hints(gr, page: SimpleNamespace) -> None:
 def _wire_run(gr, page: SimpleNamespace, pipe, output_dir: str) -> None:
     """Colourise runs the pipeline, one run at a time, with a progress bar; the result is shown and downloadable."""
 
-    def on_run(loaded, prompt, rows, steps, strength, guidance, seed, progress=gr.Progress()):  # noqa: B008 (Gradio)
+    def on_run(loaded, prompt, rows, steps, strength, guidance, hint_guidance, seed, progress=gr.Progress()):  # noqa: B008
         if not loaded:
             raise gr.Error("upload a photo first")
         try:
@@ -415,6 +421,7 @@ def _wire_run(gr, page: SimpleNamespace, pipe, output_dir: str) -> None:
                 seed,
                 on_step=lambda done, total: progress((done, total), desc="colourising"),
                 strength=strength,
+                hint_guidance=hint_guidance,
             )
         except EDNInputError as error:
             raise gr.Error(str(error)) from None
@@ -424,7 +431,16 @@ def _wire_run(gr, page: SimpleNamespace, pipe, output_dir: str) -> None:
 
     page.run.click(
         on_run,
-        [page.loaded, page.prompt, page.table, page.steps, page.strength, page.guidance, page.seed],
+        [
+            page.loaded,
+            page.prompt,
+            page.table,
+            page.steps,
+            page.strength,
+            page.guidance,
+            page.hint_guidance,
+            page.seed,
+        ],
         [page.comparison, page.download, page.status],
         concurrency_limit=1,
     )
