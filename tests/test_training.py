@@ -652,10 +652,6 @@ def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(tiny_sd, 
     assert DDIMScheduler.load_config(velocity / "scheduler")["prediction_type"] == "v_prediction"
     # the same seed draws the same noise, timesteps and examples: only the target differs
     assert logged(velocity)[1] != pytest.approx(logged(epsilon)[1], rel=1e-3)
-    # a run from the v-prediction model keeps its target without the option
-    again = tmp_path / "again"
-    train("train_ccd.py", velocity, photos, again, "--max_train_steps", 1, "--lambda_ccd", 0)
-    assert DDIMScheduler.load_config(again / "scheduler")["prediction_type"] == "v_prediction"
 
 
 def test_prediction_type_is_refused_outside_the_unet_stages(photos, capsys):
