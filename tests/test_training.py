@@ -369,6 +369,10 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
         (["--stage", "ccd", "--point_hint_prob", "1.5"], "--point_hint_prob must lie in [0, 1]"),
         (["--stage", "ccd", "--proportion_empty_prompts", "-0.1"], "--proportion_empty_prompts must lie in [0, 1]"),
         (["--stage", "ccd", "--max_hint_points", "0"], "--max_hint_points must be at least 1"),
+        (
+            ["--stage", "decoder", "--prediction_type", "v_prediction"],
+            "--prediction_type belongs to the ccd and joint stages (the UNet's target)",
+        ),
     ],
 )
 def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):
@@ -654,19 +658,10 @@ def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(tiny_sd, 
     assert logged(velocity)[1] != pytest.approx(logged(epsilon)[1], rel=1e-3)
 
 
-def test_prediction_type_is_refused_outside_the_unet_stages(photos, capsys):
+def test_prediction_type_is_accepted_by_the_joint_stage(photos):
     from edn_pipeline.training.trainer import parse_args
 
     common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
-    with pytest.raises(SystemExit) as info:
-        parse_args(common + ["--stage", "decoder", "--prediction_type", "v_prediction"])
-    assert info.value.code == 2
-    assert (
-        capsys.readouterr()
-        .err.strip()
-        .splitlines()[-1]
-        .endswith("error: --prediction_type belongs to the ccd and joint stages (the UNet's target)")
-    )
     assert (
         parse_args(common + ["--stage", "joint", "--prediction_type", "v_prediction"]).prediction_type
         == "v_prediction"
