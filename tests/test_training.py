@@ -373,6 +373,31 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
             ["--stage", "decoder", "--prediction_type", "v_prediction"],
             "--prediction_type belongs to the ccd and joint stages (the UNet's target)",
         ),
+        (
+            ["--stage", "refiner", "--timestep_bias_strategy", "later"],
+            "--timestep_bias_strategy belongs to the ccd and joint stages (the UNet's timesteps)",
+        ),
+        (
+            ["--stage", "ccd", "--timestep_bias_strategy", "later", "--timestep_bias_multiplier", "0"],
+            "--timestep_bias_multiplier must be positive",
+        ),
+        (
+            ["--stage", "ccd", "--timestep_bias_strategy", "later", "--timestep_bias_portion", "1.5"],
+            "--timestep_bias_portion must lie in (0, 1]",
+        ),
+        (
+            [
+                "--stage",
+                "ccd",
+                "--timestep_bias_strategy",
+                "range",
+                "--timestep_bias_begin",
+                "900",
+                "--timestep_bias_end",
+                "800",
+            ],
+            "--timestep_bias_begin must be at least 0 and below --timestep_bias_end",
+        ),
     ],
 )
 def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):
@@ -656,6 +681,65 @@ def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(tiny_sd, 
     assert DDIMScheduler.load_config(velocity / "scheduler")["prediction_type"] == "v_prediction"
     # the same seed draws the same noise, timesteps and examples: only the target differs
     assert logged(velocity)[1] != pytest.approx(logged(epsilon)[1], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "biased", "share"),
+    [
+        # 200 of 1,000 timesteps weigh 5: 1000 / (800 + 1000) of the draws
+        (
+            ["--timestep_bias_strategy", "later", "--timestep_bias_portion", "0.2", "--timestep_bias_multiplier", "5"],
+            range(800, 1000),
+            1000 / 1800,
+        ),
+        (
+            [
+                "--timestep_bias_strategy",
+                "earlier",
+                "--timestep_bias_portion",
+                "0.1",
+                "--timestep_bias_multiplier",
+                "3",
+            ],
+            range(0, 100),
+            300 / 1200,
+        ),
+        (
+            ["--timestep_bias_strategy", "range", "--timestep_bias_begin", "850", "--timestep_bias_multiplier", "20"],
+            range(850, 1000),
+            3000 / 3850,
+        ),
+    ],
+)
+def test_timestep_bias_draws_the_biased_timesteps_more_often(photos, extra, biased, share):
+    import torch
+
+    from edn_pipeline import EDNPipeline
+    from edn_pipeline.testing_utils import tiny_components
+    from edn_pipeline.training.trainer import EDNTrainingModel, parse_args, timestep_weights
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    assert timestep_weights(parse_args(common, "ccd"), 1000) is None  # no bias: uniform draws
+    weights = timestep_weights(parse_args(common + extra, "ccd"), 1000)
+    assert weights.sum().item() == pytest.approx(1.0)
+    assert weights[list(biased)].sum().item() == pytest.approx(share)
+
+    # the training step draws its timesteps from them
+    pipe = EDNPipeline(**tiny_components())
+    model = EDNTrainingModel(pipe, pipe.scheduler, "ccd", 0.0, 0.0, 0.0, 0.0, timestep_weights=weights)
+    drawn = []
+    add_noise = pipe.scheduler.add_noise
+    pipe.scheduler.add_noise = lambda latents, noise, timesteps: (
+        drawn.append(timesteps) or add_noise(latents, noise, timesteps)
+    )
+    batch = {"conditioning_pixel_values": torch.rand(64, 7, 32, 32)}
+    text = torch.zeros(64, 77, 16)
+    with torch.no_grad():
+        for seed in range(8):
+            model.ccd_losses(torch.randn(64, 4, 16, 16), text, batch, torch.Generator().manual_seed(seed))
+    drawn = torch.cat(drawn)
+    inside = torch.isin(drawn, torch.tensor(list(biased))).float().mean().item()
+    assert inside == pytest.approx(share, abs=0.07)  # 512 draws: a few standard errors
 
 
 def test_prediction_type_is_accepted_by_the_joint_stage(photos):

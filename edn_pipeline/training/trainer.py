@@ -16,7 +16,7 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
 ``--prediction_type v_prediction`` (ccd and joint stages) trains the UNet on v instead of ε and saves that in the
-exported scheduler. ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
+exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script. ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
 All losses come from :mod:`edn_pipeline.training.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
@@ -146,6 +146,18 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         "model's otherwise. ε-prediction weighs an x̃_0 error by the SNR, so at high noise, where colour is decided, "
         "it barely counts; v-prediction weighs it by SNR + 1",
     )
+    # timestep bias, as diffusers' examples/text_to_image/train_text_to_image_sdxl.py
+    add(
+        "--timestep_bias_strategy",
+        choices=["none", "earlier", "later", "range"],
+        default="none",
+        help="ccd and joint stages: sample some timesteps more often; 'later' (high noise) trains the steps where a "
+        "sample's colours are decided",
+    )
+    add("--timestep_bias_multiplier", type=float, default=1.0, help="how much more often the biased timesteps come")
+    add("--timestep_bias_portion", type=float, default=0.25, help="share of timesteps 'earlier'/'later' bias")
+    add("--timestep_bias_begin", type=int, default=0, help="first timestep of the 'range' strategy")
+    add("--timestep_bias_end", type=int, default=1000, help="the 'range' strategy's end (exclusive)")
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
@@ -225,6 +237,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--per_channel_latents belongs to the ccd and joint stages (the UNet's input)")
     if args.prediction_type and args.stage not in ("ccd", "joint"):
         parser.error("--prediction_type belongs to the ccd and joint stages (the UNet's target)")
+    if args.timestep_bias_strategy != "none":
+        if args.stage not in ("ccd", "joint"):
+            parser.error("--timestep_bias_strategy belongs to the ccd and joint stages (the UNet's timesteps)")
+        if args.timestep_bias_multiplier <= 0:
+            parser.error("--timestep_bias_multiplier must be positive")
+        if not 0 < args.timestep_bias_portion <= 1:
+            parser.error("--timestep_bias_portion must lie in (0, 1]")
+        if not 0 <= args.timestep_bias_begin < args.timestep_bias_end:
+            parser.error("--timestep_bias_begin must be at least 0 and below --timestep_bias_end")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -254,8 +275,10 @@ class EDNTrainingModel(nn.Module):
         vae_decoder: str = "kl",
         chroma_weight: float = 0.0,
         latent_chroma_weight: float = 0.0,
+        timestep_weights: torch.Tensor | None = None,
     ):
         super().__init__()
+        self.timestep_weights = timestep_weights  # None: uniform
         self.kl_weight, self.vae_decoder, self.chroma_weight = kl_weight, vae_decoder, chroma_weight
         self.latent_chroma_weight = latent_chroma_weight
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
@@ -315,9 +338,14 @@ class EDNTrainingModel(nn.Module):
         scheduler = self.noise_scheduler
         scaled = scale_latents(latents, self.vae.config)
         noise = torch.randn(scaled.shape, generator=generator, device=scaled.device)
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (scaled.shape[0],), generator=generator, device=scaled.device
-        )
+        if self.timestep_weights is None:
+            timesteps = torch.randint(
+                0, scheduler.config.num_train_timesteps, (scaled.shape[0],), generator=generator, device=scaled.device
+            )
+        else:
+            weights = self.timestep_weights.to(generator.device)
+            timesteps = torch.multinomial(weights, scaled.shape[0], replacement=True, generator=generator)
+            timesteps = timesteps.to(scaled.device)
         noisy = scheduler.add_noise(scaled, noise, timesteps)
         unet_dtype = self.unet.dtype
         down, mid = self.ccd(
@@ -376,6 +404,22 @@ class EDNTrainingModel(nn.Module):
             return pixels.new_zeros(()), commitment, l_vq
         reconstruction = F.l1_loss(decoder.decode_quantized(latents, features).float(), pixels.float())
         return reconstruction, commitment, l_vq
+
+
+def timestep_weights(args: argparse.Namespace, num_timesteps: int) -> torch.Tensor | None:
+    """The sampling weights of each training timestep under ``--timestep_bias_strategy`` (None: uniform), as
+    diffusers' ``generate_timestep_weights``: the biased timesteps weigh ``--timestep_bias_multiplier`` times more."""
+    if args.timestep_bias_strategy == "none":
+        return None
+    weights = torch.ones(num_timesteps)
+    biased = max(1, int(args.timestep_bias_portion * num_timesteps))
+    if args.timestep_bias_strategy == "later":
+        weights[-biased:] *= args.timestep_bias_multiplier
+    elif args.timestep_bias_strategy == "earlier":
+        weights[:biased] *= args.timestep_bias_multiplier
+    else:
+        weights[args.timestep_bias_begin : min(args.timestep_bias_end, num_timesteps)] *= args.timestep_bias_multiplier
+    return weights / weights.sum()
 
 
 def latent_posterior(vae, batch: dict) -> DiagonalGaussianDistribution:
@@ -1086,9 +1130,10 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
 
     parameters = trained_parameters(trained, pipe.unet)
     optimizer, lr_scheduler, updates_per_epoch = optimisation(parameters, dataloader, accelerator.num_processes, args)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     model = EDNTrainingModel(
         pipe,
-        DDPMScheduler.from_config(pipe.scheduler.config),
+        noise_scheduler,
         args.stage,
         args.lambda_ccd,
         args.lambda_vq,
@@ -1097,6 +1142,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         args.vae_decoder,
         args.chroma_weight,
         args.latent_chroma_weight,
+        timestep_weights(args, noise_scheduler.config.num_train_timesteps),
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
