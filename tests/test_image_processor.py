@@ -120,7 +120,10 @@ def test_output_types_agree(processor, astronaut):
     as_pt = processor.postprocess(decoded, images.lightness, "pt")
     assert as_np.shape == (1, 200, 300, 3) and as_pt.shape == (1, 3, 200, 300)
     np.testing.assert_allclose(as_pt[0].permute(1, 2, 0).numpy(), as_np[0])
-    np.testing.assert_array_equal(np.asarray(pil), np.round(as_np[0] * 255).astype(np.uint8))
+    # 8-bit output is encoded by a table at 2**-20 steps (luminance._ENCODE_STEPS): the float output rounded, but for
+    # values within a table step of a rounding boundary, which may land one level off
+    difference = np.abs(np.asarray(pil).astype(int) - np.round(as_np[0] * 255).astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
 @pytest.mark.parametrize("block", [999, 100])  # tiles of 3 whole rows; tiles of 100 pixels of one row

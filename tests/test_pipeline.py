@@ -203,7 +203,9 @@ def test_output_types(pipe, photo, output_type):
         assert float(images.min()) >= 0 and float(images.max()) <= 1
         pil = np.array(run(pipe, photo)[0]) / 255.0
         as_hwc = images[0] if output_type == "np" else images[0].permute(1, 2, 0).numpy()
-        assert np.abs(as_hwc - pil).max() <= 0.5 / 255 + 1e-6
+        # the float output rounded, within a level where it lies a table step from a rounding boundary (8-bit
+        # output is encoded by luminance's table of sRGB bytes)
+        assert np.abs(as_hwc - pil).max() <= 1 / 255 + 1e-6 and (np.abs(as_hwc - pil) > 0.5 / 255 + 1e-6).mean() < 1e-3
 
 
 def test_mixed_sizes_in_a_batch_come_back_at_their_own_sizes(pipe, photo):
