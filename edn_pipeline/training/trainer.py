@@ -16,7 +16,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   sees the grayscale image, so the latent need only carry colour (``--chroma_weight`` adds an L1 on CIE a*b*).
 
 ``--prediction_type v_prediction`` (ccd and joint stages) trains the UNet on v instead of ε and saves that in the
-exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script. ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
+exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script.
+``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
 All losses come from :mod:`edn_pipeline.training.losses`. Randomness of a step (noise, timesteps, latents, tokens) is
