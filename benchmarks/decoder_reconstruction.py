@@ -48,6 +48,10 @@ def main() -> None:
     parser.add_argument("--held-out", action="store_true", help="only img_09* (the data set's held-out split)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--vq-steps", type=int, default=None, help="refinement steps (default: the model's)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="of the refiner's token logits")
+    parser.add_argument(
+        "--truncation-rate", type=float, default=None, help="of the refiner's token sampling (default: the model's)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -71,7 +75,13 @@ def main() -> None:
     if refiner:
         decoders[f"luminance-aware, refinement on ({vq_steps} steps)"] = lambda z, g: (
             pipe.decoder(
-                z, g, text, vq_steps=vq_steps, generator=torch.Generator(args.device).manual_seed(args.seed)
+                z,
+                g,
+                text,
+                vq_steps=vq_steps,
+                temperature=args.temperature,
+                truncation_rate=args.truncation_rate,
+                generator=torch.Generator(args.device).manual_seed(args.seed),
             ).sample
         )
     scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in decoders}

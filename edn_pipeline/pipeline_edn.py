@@ -270,6 +270,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         ccd_conditioning_scale=1.0,
         clip_skip=None,
         hint_guidance_scale=1.0,
+        truncation_rate=None,
     ) -> int:
         """Validate every call argument; returns the batch size (before ``num_images_per_prompt``)."""
         if not images:
@@ -313,6 +314,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 raise EDNInputError(f"vq_steps must be an integer in [0, {limit}] ({where}), got {vq_steps!r}")
         if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
             raise EDNInputError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if truncation_rate is not None and (not _is_real(truncation_rate) or not 0 < truncation_rate <= 1):
+            raise EDNInputError(f"truncation_rate must be a number in (0, 1], got {truncation_rate!r}")
         generators = generator if isinstance(generator, list) else [generator]
         if not all(g is None or isinstance(g, torch.Generator) for g in generators):
             raise EDNInputError(
@@ -501,6 +504,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         vq_steps: int | None = None,
         temperature: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        truncation_rate: float | None = None,
     ) -> torch.Tensor:
         """Colour latents to images in [0, 1] with the luminance-aware (VQ-Diffusion) decoder."""
         latents = unscale_latents(latents, self.decoder.config)
@@ -508,7 +512,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         gray = (gray * 2 - 1).to(latents.device, dtype)  # decoder.device is "meta" when offloaded
         if prompt_embeds is not None:
             prompt_embeds = prompt_embeds.to(dtype)
-        image = self.decoder(latents.to(dtype), gray, prompt_embeds, vq_steps, temperature, generator)
+        image = self.decoder(
+            latents.to(dtype), gray, prompt_embeds, vq_steps, temperature, generator, truncation_rate=truncation_rate
+        )
         return (image.sample.float() / 2 + 0.5).clamp(0, 1)
 
     # ----------------------------------------------------------------------------------------------- memory
@@ -589,6 +595,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         negative_prompt_embeds: torch.Tensor | None = None,
         vq_steps: int | None = None,
         temperature: float = 1.0,
+        truncation_rate: float | None = None,
         ccd_conditioning_scale: float = 1.0,
         cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
@@ -627,6 +634,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                 mask-and-replace process and denoise them); 0 turns it off, ``None`` uses the decoder's default.
                 Only for decoders with a refiner.
             temperature: divides the refiner's token logits before sampling (paper: stable within 0.8-1.2).
+            truncation_rate: the refiner samples only among its likeliest tokens whose probabilities add up to
+                this (diffusers' VQ-Diffusion pipeline's truncation; small values keep only the likeliest token);
+                ``None`` uses the decoder's default.
             ccd_conditioning_scale: weight of the adapter's residuals.
             cross_attention_kwargs: passed to the UNet's attention processors.
             clip_skip: CLIP layers to skip from the end when encoding the prompt.
@@ -664,6 +674,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             ccd_conditioning_scale=ccd_conditioning_scale,
             clip_skip=clip_skip,
             hint_guidance_scale=hint_guidance_scale,
+            truncation_rate=truncation_rate,
         )
         if per_image_hints is None:
             per_image_hints = [None if is_batch else hints] * len(images)
@@ -781,7 +792,9 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
                     "denoising produced NaN or infinite latents: guidance_scale or ccd_conditioning_scale is too large "
                     f"for this model (got {guidance_scale} and {ccd_conditioning_scale}), or a callback returned them"
                 )
-            decoded = self.decode_latents(latents, gray, prompt_embeds, vq_steps, temperature, generator)
+            decoded = self.decode_latents(
+                latents, gray, prompt_embeds, vq_steps, temperature, generator, truncation_rate
+            )
             images_out = self.image_processor.postprocess(decoded, lightness, output_type)
         self.maybe_free_model_hooks()
 

@@ -322,6 +322,8 @@ for number, (flag, value) in enumerate(
         ("--sweep", "strength=2"),
         ("--sweep", "guidance=-1"),
         ("--sweep", "temperature=0"),
+        ("--sweep", "truncation_rate=0"),
+        ("--sweep", "truncation_rate=1.5"),
         ("--sweep", "steps=a,b"),
         ("--sweep", "=1"),
         ("--limit", "0"),
@@ -338,6 +340,7 @@ for number, (flag, value) in enumerate(
         ("--temperature", "abc"),
         ("--vq-steps", "abc"),
         ("--strength", "abc"),
+        ("--truncation-rate", "abc"),
     ]
 ):
     usage(f"evaluate{flag}-{number}", [*EVALUATE, flag, value], f"argument {flag}")

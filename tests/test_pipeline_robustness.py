@@ -27,6 +27,7 @@ BAD_ARGUMENTS = {
     "num_images_per_prompt": [0, -2, 1.0, True, *NOT_NUMBERS],
     "temperature": [0, -1.0, True, *NOT_NUMBERS, *NON_FINITE],
     "vq_steps": [-1, 1, 2.0, True, "0"],
+    "truncation_rate": [0, -0.5, 1.01, True, *[v for v in NOT_NUMBERS if v is not None], *NON_FINITE],
     "clip_skip": [-1, 2, 99, 1.0, True, "1"],
     "output_type": ["png", "PIL", "", None, 1, "latents"],
     "generator": [0, "seed", np.random.default_rng(0), [seeded(0), 1], [seeded(0), seeded(1)]],

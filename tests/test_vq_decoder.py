@@ -114,6 +114,43 @@ def test_refinement_changes_tokens_deterministically_and_temperature_matters(par
     assert int(a.max()) < decoder.config.codebook_size  # never [MASK] after the last step
 
 
+@pytest.mark.parametrize("rate, allowed", [(0.5, {7}), (0.85, {7, 9}), (1.0, None)])
+def test_truncation_samples_only_the_likeliest_tokens(parts, monkeypatch, rate, allowed):
+    """A refiner that says token 7 with p = 0.6, token 9 with 0.3 and the rest 0.1 spread evenly: truncated at 0.5
+    only 7 can come out, at 0.85 only 7 or 9 (0.6 < 0.85 ≤ 0.9), untruncated the tail shows up too."""
+    decoder = parts["decoder"]
+    size = decoder.config.codebook_size
+    probs = torch.full((size,), 0.1 / (size - 2))
+    probs[7], probs[9] = 0.6, 0.3
+    latents, gray, text = inputs()
+    with torch.no_grad():
+        tokens = decoder.quantize(latents).tokens
+
+        def fixed(noised, timestep, gray_features, encoder_hidden_states, temperature=1.0):
+            return probs.log()[None, :, None].expand(noised.shape[0], size, noised[0].numel())
+
+        monkeypatch.setattr(decoder, "token_log_probs", fixed)
+        drawn = torch.cat(
+            [decoder.refine(tokens, None, text, steps=1, generator=seeded(i), truncation_rate=rate) for i in range(8)]
+        )
+    if allowed is None:
+        assert not set(drawn.unique().tolist()) <= {7, 9}
+    else:
+        assert set(drawn.unique().tolist()) == allowed
+
+
+def test_truncation_rate_default_comes_from_the_config(parts):
+    decoder = LuminanceDecoder.from_vae(parts["vae"], **TINY_VQ_OPTIONS, vq_truncation_rate=1e-6)
+    latents, gray, text = inputs()
+    with torch.no_grad():
+        default = decoder(latents, gray, text, vq_steps=2, generator=seeded(0)).sample
+        greedy = decoder(latents, gray, text, vq_steps=2, generator=seeded(0), truncation_rate=1e-6).sample
+        full = decoder(latents, gray, text, vq_steps=2, generator=seeded(0), truncation_rate=1.0).sample
+    assert torch.equal(default, greedy) and not torch.equal(default, full)
+    with pytest.raises(ValueError, match="vq_truncation_rate"):
+        LuminanceDecoder.from_vae(parts["vae"], **TINY_VQ_OPTIONS, vq_truncation_rate=0.0)
+
+
 def test_pipeline_exposes_vq_steps_and_temperature(photo):
     pipe = EDNPipeline(**tiny_components(vq_decoder=True))
     pipe.set_progress_bar_config(disable=True)
@@ -125,6 +162,7 @@ def test_pipeline_exposes_vq_steps_and_temperature(photo):
     assert not np.allclose(off, default) and not np.allclose(default, more)
     np.testing.assert_array_equal(default, run(vq_steps=4))  # the config's vq_inference_steps
     assert not np.allclose(default, run(temperature=3.0))
+    assert not np.allclose(default, run(truncation_rate=1e-6))
     batch = pipe(
         [photo, photo[::-1].copy()], num_inference_steps=2, generator=[seeded(0), seeded(1)], output_type="np"
     ).images
@@ -139,6 +177,8 @@ def test_pipeline_exposes_vq_steps_and_temperature(photo):
         (dict(vq_steps=-1), "vq_steps"),
         (dict(temperature=0.0), "temperature"),
         (dict(temperature=float("inf")), "temperature"),
+        (dict(truncation_rate=0.0), "truncation_rate"),
+        (dict(truncation_rate=1.5), "truncation_rate"),
     ],
 )
 def test_bad_refinement_arguments(photo, kwargs, message):

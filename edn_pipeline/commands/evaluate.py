@@ -99,6 +99,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--temperature", type=_float_arg, default=DEFAULTS["temperature"], help="default temperature")
     model.add_argument("--vq-steps", type=int, default=None, help="default token refinement steps (decoder's own)")
     model.add_argument("--strength", type=_float_arg, default=None, help="default strength (the model's own)")
+    model.add_argument(
+        "--truncation-rate", type=_float_arg, default=None, help="default token truncation rate (the decoder's own)"
+    )
     model.add_argument("--seed", type=seed, default=0, help="seed of every photo's generator (default: %(default)s)")
     model.add_argument("--limit", type=positive_int, default=None, help="only the first N photos (by name)")
     ev.add_argument("--fid-weights", help="TorchScript Inception-v3 feature extractor (e.g. inception-2015-12-05.pt)")
@@ -171,13 +174,15 @@ def _evaluate(args: argparse.Namespace, device: str, scoring: bool) -> tuple[str
             "temperature": args.temperature,
             "vq_steps": args.vq_steps,
             "strength": args.strength,
+            "truncation_rate": args.truncation_rate,
         }
         pipe = load_pipeline(args.model, device, args.dtype, args.max_megapixels)
-        if "temperature" in dict(args.sweep) and getattr(pipe.decoder, "refiner", None) is None:
-            print(
-                "edn: warning: this model's decoder has no token refiner, so temperature does not change its output",
-                file=sys.stderr,
-            )
+        for name in ("temperature", "truncation_rate"):
+            if name in dict(args.sweep) and getattr(pipe.decoder, "refiner", None) is None:
+                print(
+                    f"edn: warning: this model's decoder has no token refiner, so {name} does not change its output",
+                    file=sys.stderr,
+                )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no token refiner.*")
             rows = sweep(

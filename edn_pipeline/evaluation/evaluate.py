@@ -33,11 +33,19 @@ PARAMETERS = {
     "guidance": ("guidance_scale", float, "Guidance weight"),
     "steps": ("num_inference_steps", int, "Denoising step"),
     "vq_steps": ("vq_steps", int, "Token refinement steps"),
+    "truncation_rate": ("truncation_rate", float, "Token truncation rate"),
     "strength": ("strength", float, "Strength"),
 }
 ALIASES = {"guidance_scale": "guidance", "num_inference_steps": "steps"}
-# The paper's defaults (§2.5: DDIM, 50 steps, guidance 5; temperature 1); vq_steps and strength None = the model's.
-DEFAULTS = {"temperature": 1.0, "guidance": 5.0, "steps": 50, "vq_steps": None, "strength": None}
+# The paper's defaults (§2.5: DDIM, 50 steps, guidance 5; temperature 1); None = the model's own.
+DEFAULTS = {
+    "temperature": 1.0,
+    "guidance": 5.0,
+    "steps": 50,
+    "vq_steps": None,
+    "strength": None,
+    "truncation_rate": None,
+}
 METRICS = ("fid", "psnr", "ssim", "lpips", "colourfulness")
 
 
@@ -223,6 +231,7 @@ def check_value(name: str, value):
         "steps": converted >= 1,
         "vq_steps": converted >= 0,
         "strength": 0 < converted <= 1,
+        "truncation_rate": 0 < converted <= 1,
     }
     if not (math.isfinite(converted) and in_range[name]):
         bounds = {
@@ -231,6 +240,7 @@ def check_value(name: str, value):
             "steps": ">= 1",
             "vq_steps": ">= 0",
             "strength": "in (0, 1]",
+            "truncation_rate": "in (0, 1]",
         }
         raise EDNInputError(f"{name} must be a finite number {bounds[name]}, got {value!r}")
     return converted
@@ -263,7 +273,8 @@ def sweep(
 ) -> list[dict]:
     """Colourise the grayscale of each photo in ``data_dir`` under each setting and score it (Table 4).
 
-    ``sweeps`` maps a parameter (``temperature``, ``guidance``, ``steps``, ``vq_steps``, ``strength``) to its
+    ``sweeps`` maps a parameter (``temperature``, ``guidance``, ``steps``, ``vq_steps``, ``strength``,
+    ``truncation_rate``) to its
     values; each value is tried with every other parameter at ``base`` (default :data:`DEFAULTS`), as the paper's
     Table 4. A setting
     that comes up twice (the defaults, typically) is colourised once. Each photo uses a generator seeded with
@@ -284,8 +295,9 @@ def sweep(
     for name, value in (base or {}).items():
         settings_base[parameter_name(name)] = None if value is None else check_value(parameter_name(name), value)
     refiner = getattr(getattr(pipe, "decoder", None), "refiner", None)
-    if "temperature" in sweeps and refiner is None:
-        warnings.warn("this model's decoder has no token refiner, so temperature does not change its output")
+    for name in ("temperature", "truncation_rate"):
+        if name in sweeps and refiner is None:
+            warnings.warn(f"this model's decoder has no token refiner, so {name} does not change its output")
 
     photos = data_photos(data_dir, limit)
     scorer = Scorer(fid_weights, lpips_weights, device or "cpu")
