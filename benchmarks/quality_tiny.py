@@ -79,6 +79,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--hint-guidance", type=float, default=1.0, help="the pipeline's hint_guidance_scale")
     parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
+    parser.add_argument("--vq-steps", type=int, default=None, help="token refinement steps (default: the decoder's)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="the refiner's token temperature")
+    parser.add_argument(
+        "--truncation-rate", type=float, default=None, help="the refiner's truncation (default: the decoder's)"
+    )
     parser.add_argument("--hint-counts", type=hint_counts, default="0,1,2,5,10,20,50", help="comma-separated K")
     parser.add_argument("--hint-radius", type=float, default=3.0, help="pixels, for EDN and the baseline alike")
     parser.add_argument("--max-side", type=int, default=512)
@@ -143,6 +148,9 @@ def colourise(pipe: EDNPipeline, args: argparse.Namespace, gray: np.ndarray, **k
         guidance_scale=args.guidance,
         hint_guidance_scale=args.hint_guidance,
         strength=args.strength,
+        vq_steps=args.vq_steps,
+        temperature=args.temperature,
+        truncation_rate=args.truncation_rate,
         generator=generator,
         **kwargs,
     )
@@ -420,7 +428,8 @@ def main() -> None:
     print(
         f"{len(paths)} held-out photos from {args.data} (longer side <= {args.max_side}); model {args.model}, "
         f"{args.steps} steps, strength {strength}, guidance {args.guidance}, hint guidance {args.hint_guidance}, "
-        f"seed {args.seed}",
+        f"token refinement {args.vq_steps} steps (None: the decoder's) at temperature {args.temperature}, "
+        f"truncation {args.truncation_rate}, seed {args.seed}",
         flush=True,
     )
 
@@ -438,7 +447,17 @@ def main() -> None:
     if args.json is not None:
         settings = {
             key: getattr(args, key)
-            for key in ("steps", "guidance", "hint_guidance", "seed", "max_side", "hint_radius")
+            for key in (
+                "steps",
+                "guidance",
+                "hint_guidance",
+                "vq_steps",
+                "temperature",
+                "truncation_rate",
+                "seed",
+                "max_side",
+                "hint_radius",
+            )
         }
         write_json(
             args.json,
