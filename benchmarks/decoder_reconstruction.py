@@ -7,7 +7,11 @@ decoded back three ways, given the photo's grayscale image:
 2. the luminance-aware decoder with the token refinement off (its quantiser, if it has one, still runs);
 3. the luminance-aware decoder with the refinement on (``--vq-steps``).
 
-It prints PSNR / SSIM against the photo (from :mod:`edn_pipeline.evaluation.metrics`) and the decoding time per image.
+A decoder with a quantiser also gets a row without it (the continuous latent): the gap between that row and row 2
+is all that quantising costs, so it bounds what any refinement of correct tokens could give back.
+
+It prints PSNR / SSIM against the photo (from :mod:`edn_pipeline.evaluation.metrics`), the decoding time per
+image, and how many of the codebook's codes the photos' tokens use.
 
     python benchmarks/decoder_reconstruction.py --model edn-tiny --data ../shared/data/photos/bsd100 --held-out
 """
@@ -72,6 +76,10 @@ def main() -> None:
         "KL-f8 VAE decoder": lambda z, g: pipe.vae.decode(z).sample,
         "luminance-aware, refinement off": lambda z, g: pipe.decoder(z, g, text, vq_steps=0).sample,
     }
+    if pipe.decoder.quantizer is not None:
+        decoders["luminance-aware, no quantiser (continuous latent)"] = lambda z, g: pipe.decoder.decode_quantized(
+            z, pipe.decoder.encode_gray(g)
+        )
     if refiner:
         decoders[f"luminance-aware, refinement on ({vq_steps} steps)"] = lambda z, g: (
             pipe.decoder(
@@ -85,11 +93,14 @@ def main() -> None:
             ).sample
         )
     scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in decoders}
+    tokens = []
     with torch.no_grad():
         for path in paths:
             photo, pixels, gray = load(path, pipe)
             latents = pipe.vae.encode(pixels.to(args.device)).latent_dist.mode()
             gray = gray.to(args.device)
+            if pipe.decoder.quantizer is not None:
+                tokens.append(pipe.decoder.quantize(latents).tokens.flatten().cpu())
             for name, decode in decoders.items():
                 start = time.perf_counter()
                 sample = decode(latents, gray)
@@ -110,6 +121,14 @@ def main() -> None:
         )
     if not refiner:
         print("(this model's decoder has no token refiner: no refinement row)")
+    if tokens:
+        counts = torch.bincount(torch.cat(tokens), minlength=pipe.decoder.config.codebook_size)
+        share = counts[counts > 0].double() / counts.sum()
+        perplexity = torch.exp(-(share * share.log()).sum()).item()  # the effective number of codes
+        print(
+            f"codes in use: {int((counts > 0).sum())} of {counts.numel()} among the photos' {int(counts.sum())} "
+            f"tokens (perplexity {perplexity:.0f})"
+        )
 
 
 if __name__ == "__main__":

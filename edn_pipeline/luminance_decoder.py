@@ -259,7 +259,9 @@ class LuminanceDecoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             log_x0 = self.token_log_probs(
                 sample.view(batch, height, width), timestep, gray_features, encoder_hidden_states, temperature
             )
-            log_x0 = self.truncate(log_x0, truncation_rate).clamp(-70)  # -70: the pipeline's finite log 0
+            if truncation_rate < 1:  # 1 keeps every token: skip the sort of 4,096 codes per token
+                log_x0 = self.truncate(log_x0, truncation_rate)
+            log_x0 = log_x0.clamp(-70)  # -70: the pipeline's finite log 0
             sample = scheduler.step(log_x0, step, sample, generator=generator).prev_sample
         return sample.view(batch, height, width)
 
