@@ -15,6 +15,7 @@ from edn_pipeline.training.losses import (
     diffusion_loss,
     latent_chroma_l1,
     predicted_x0,
+    target_toward,
     total_loss,
     vq_diffusion_loss,
 )
@@ -58,6 +59,31 @@ def test_predicted_x0_inverts_the_forward_process_per_sample():
     torch.testing.assert_close(predicted_x0(math.sqrt(scalar) * x0 + math.sqrt(1 - scalar) * eps, eps, scalar), x0)
     with pytest.raises(ValueError, match="alphas_cumprod_t"):
         predicted_x0(x_t, eps, alpha_bar[:2])
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_target_toward_is_the_usual_target_on_the_forward_process_and_lands_on_x0_elsewhere(prediction_type):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    x0, eps, other = (torch.randn(3, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([100, 250, 400])
+    alpha_bar = scheduler.alphas_cumprod.double()[t]
+    # on x_t noised from x0 itself: the noise, or diffusers' velocity
+    x_t = scheduler.add_noise(x0, eps, t)
+    expected = eps if prediction_type == "epsilon" else scheduler.get_velocity(x0, eps, t)
+    torch.testing.assert_close(target_toward(x0, x_t, alpha_bar, prediction_type), expected, rtol=0, atol=1e-10)
+    # on x_t noised from another start: one DDIM step to the end of the schedule with it gives x0
+    start = scheduler.add_noise(other, eps, t)
+    target = target_toward(x0, start, alpha_bar, prediction_type)
+    ddim = DDIMScheduler(prediction_type=prediction_type, clip_sample=False)
+    ddim.set_timesteps(1000)
+    for i in range(3):
+        step = ddim.step(target[i : i + 1], int(t[i]), start[i : i + 1], return_dict=True)
+        torch.testing.assert_close(step.pred_original_sample, x0[i : i + 1], rtol=0, atol=1e-6)  # float32 ᾱ
+    with pytest.raises(ValueError, match="unsupported prediction_type"):
+        target_toward(x0, x_t, alpha_bar, "sample")
 
 
 # --- Eq. 4 ------------------------------------------------------------------------------------------------

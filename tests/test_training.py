@@ -398,6 +398,15 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
             ],
             "--timestep_bias_begin must be at least 0 and below --timestep_bias_end",
         ),
+        (
+            ["--stage", "refiner", "--hinted_start_prob", "0.5"],
+            "--hinted_start_prob belongs to the ccd and joint stages (the UNet's start)",
+        ),
+        (["--stage", "ccd", "--hinted_start_prob", "1.5"], "--hinted_start_prob must lie in [0, 1]"),
+        (
+            ["--stage", "ccd", "--hinted_start_prob", "0.5", "--hinted_start_timesteps", "400", "100"],
+            "--hinted_start_timesteps must be FIRST LAST with 1 <= FIRST <= LAST",
+        ),
     ],
 )
 def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):
@@ -750,3 +759,71 @@ def test_prediction_type_is_accepted_by_the_joint_stage(photos):
         parse_args(common + ["--stage", "joint", "--prediction_type", "v_prediction"]).prediction_type
         == "v_prediction"
     )
+
+
+def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to_the_photo(photos):
+    """With --hinted_start_prob 1 every example starts from the VAE latent of its hint-coloured photo (the gray one
+    without hints), noised to a timestep in the range, and its target is the UNet output whose x̃_0 is the photo."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from edn_pipeline import EDNPipeline
+    from edn_pipeline.testing_utils import tiny_components
+    from edn_pipeline.training.trainer import EDNTrainingModel, parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    args = parse_args(common + ["--hinted_start_prob", "1", "--hinted_start_timesteps", "150", "250"], "ccd")
+    assert (args.hinted_start_prob, args.hinted_start_timesteps) == (1.0, [150, 250])
+    assert parse_args(common, "ccd").hinted_start_prob == 0.0  # off unless asked
+
+    pipe = EDNPipeline(**tiny_components())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    model = EDNTrainingModel(
+        pipe,
+        scheduler,
+        "ccd",
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        hinted_start_prob=1.0,
+        hinted_start_timesteps=args.hinted_start_timesteps,
+    )
+    gen = torch.Generator().manual_seed(0)
+    gray = torch.rand(2, 1, 32, 32, generator=gen).expand(2, 3, 32, 32)
+    hint_rgb, confidence = torch.rand(2, 3, 32, 32, generator=gen), torch.zeros(2, 1, 32, 32)
+    confidence[0, :, 4:8, 4:8] = 1  # the first image has a hint, the second none
+    batch = {"conditioning_pixel_values": torch.cat([gray, hint_rgb, confidence], 1)}
+    noised, predicted = [], []
+    add_noise = scheduler.add_noise
+    scheduler.add_noise = lambda latents, noise, t: noised.append((latents, noise, t)) or add_noise(latents, noise, t)
+    unet_forward = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: predicted.append(unet_forward(*a, **k)[0]) or (predicted[-1],)
+    photo_latents = torch.randn(2, 4, 16, 16, generator=gen)
+    with torch.no_grad():
+        l_dif, _ = model.ccd_losses(photo_latents, torch.zeros(2, 77, 16), batch, torch.Generator().manual_seed(1))
+
+    start_latents, noise, t = noised[-1]
+    # the start: the hint colours where there are hints, else the gray, through the VAE's mode
+    pixels = torch.stack([hint_rgb[0], gray[1]]) * 2 - 1
+    with torch.no_grad():
+        expected = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(start_latents, expected)
+    assert ((t >= 150) & (t <= 250)).all()
+    # the target: v such that sqrt(ᾱ)·x_t − sqrt(1 − ᾱ)·v is the photo's latent
+    alpha = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = alpha.sqrt() * start_latents + (1 - alpha).sqrt() * noise
+    target = (alpha.sqrt() * x_t - photo_latents * pipe.vae.config.scaling_factor) / (1 - alpha).sqrt()
+    assert l_dif.item() == pytest.approx(torch.mean((predicted[-1] - target) ** 2).item(), rel=1e-5)
+
+
+def test_hinted_start_timesteps_must_end_inside_the_schedule():
+    from edn_pipeline import EDNPipeline
+    from edn_pipeline.testing_utils import tiny_components
+    from edn_pipeline.training.trainer import EDNTrainingModel
+
+    pipe = EDNPipeline(**tiny_components())
+    with pytest.raises(ValueError, match="must end below the scheduler's 1000 training timesteps"):
+        EDNTrainingModel(
+            pipe, pipe.scheduler, "ccd", 0.0, 0.0, 0.0, 0.0, hinted_start_prob=0.5, hinted_start_timesteps=(100, 1000)
+        )

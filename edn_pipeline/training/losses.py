@@ -17,6 +17,7 @@ __all__ = [
     "chroma_l1",
     "diffusion_loss",
     "predicted_x0",
+    "target_toward",
     "total_loss",
     "vq_diffusion_loss",
 ]
@@ -65,6 +66,23 @@ def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod_t: torch.T
             f"alphas_cumprod_t must be a scalar or have shape ({x_t.shape[0]},), got {tuple(alpha_bar.shape)}"
         )
     return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def target_toward(
+    x_0: torch.Tensor, x_t: torch.Tensor, alphas_cumprod_t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The UNet output whose implied clean sample from ``x_t`` is ``x_0``: ε = (x_t − sqrt(ᾱ_t)·x_0) / sqrt(1 − ᾱ_t),
+    or v = (sqrt(ᾱ_t)·x_t − x_0) / sqrt(1 − ᾱ_t). For x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε these are the usual
+    noise and velocity; for an ``x_t`` noised from another start (the hint-coloured photo) it is the step that
+    lands on ``x_0`` instead. ``alphas_cumprod_t`` has one value per example, shape (B,), below 1."""
+    if x_0.shape != x_t.shape:
+        raise ValueError(f"x_0 {tuple(x_0.shape)} and x_t {tuple(x_t.shape)} differ in shape")
+    alpha_bar = alphas_cumprod_t.to(x_t).view(-1, *[1] * (x_t.ndim - 1))
+    if prediction_type == "epsilon":
+        return (x_t - alpha_bar.sqrt() * x_0) / (1 - alpha_bar).sqrt()
+    if prediction_type == "v_prediction":
+        return (alpha_bar.sqrt() * x_t - x_0) / (1 - alpha_bar).sqrt()
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 # BT.601 full-range (JPEG) RGB -> YCbCr rows; the chroma offsets of +0.5 are left out as only differences are used.

@@ -17,6 +17,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
 
 ``--prediction_type v_prediction`` (ccd and joint stages) trains the UNet on v instead of ε and saves that in the
 exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script.
+``--hinted_start_prob`` trains what ``strength < 1`` runs: a share of the examples starts from the latent of the
+photo as its hints colour it, noised part-way, and learns the step that lands on the photo's latent.
 ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
@@ -48,7 +50,17 @@ except ImportError as error:  # the colourising install leaves the training depe
 from ..errors import EDNInputError
 from ..latent_scale import scale_latents, unscale_latents
 from ..mask_and_replace import q_sample
-from .losses import ccd_loss, chroma_l1, diffusion_loss, latent_chroma_l1, predicted_x0, total_loss, vq_diffusion_loss
+from ..pipeline_edn import EDNPipeline
+from .losses import (
+    ccd_loss,
+    chroma_l1,
+    diffusion_loss,
+    latent_chroma_l1,
+    predicted_x0,
+    target_toward,
+    total_loss,
+    vq_diffusion_loss,
+)
 
 STAGES = ("vae", "ccd", "decoder", "refiner", "joint")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -159,6 +171,22 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--timestep_bias_portion", type=float, default=0.25, help="share of timesteps 'earlier'/'later' bias")
     add("--timestep_bias_begin", type=int, default=0, help="first timestep of the 'range' strategy")
     add("--timestep_bias_end", type=int, default=1000, help="the 'range' strategy's end (exclusive)")
+    add(
+        "--hinted_start_prob",
+        type=float,
+        default=0.0,
+        help="ccd and joint stages: share of examples that start as strength < 1 does, from the VAE latent of the "
+        "photo as its hints colour it (the gray one without hints) noised to a timestep of --hinted_start_timesteps, "
+        "and learn the UNet output whose x̃_0 is the photo's latent: one step from there lands on the photo",
+    )
+    add(
+        "--hinted_start_timesteps",
+        type=int,
+        nargs=2,
+        default=[100, 400],
+        metavar=("FIRST", "LAST"),
+        help="the timesteps (both included) that --hinted_start_prob noises the hint-coloured start to",
+    )
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
     add("--vq_aux_weight", type=float, default=0.0, help="VQ-Diffusion's auxiliary cross-entropy weight")
@@ -247,6 +275,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error("--timestep_bias_portion must lie in (0, 1]")
         if not 0 <= args.timestep_bias_begin < args.timestep_bias_end:
             parser.error("--timestep_bias_begin must be at least 0 and below --timestep_bias_end")
+    if args.hinted_start_prob:
+        if args.stage not in ("ccd", "joint"):
+            parser.error("--hinted_start_prob belongs to the ccd and joint stages (the UNet's start)")
+        if not 0 < args.hinted_start_prob <= 1:
+            parser.error("--hinted_start_prob must lie in [0, 1]")
+        first, last = args.hinted_start_timesteps
+        if not 1 <= first <= last:
+            parser.error("--hinted_start_timesteps must be FIRST LAST with 1 <= FIRST <= LAST")
     if args.validation_prompt and len(args.validation_prompt) not in (1, len(args.validation_image)):
         parser.error("give one --validation_prompt, or one per --validation_image")
     for path in args.validation_image:
@@ -277,9 +313,17 @@ class EDNTrainingModel(nn.Module):
         chroma_weight: float = 0.0,
         latent_chroma_weight: float = 0.0,
         timestep_weights: torch.Tensor | None = None,
+        hinted_start_prob: float = 0.0,
+        hinted_start_timesteps: tuple[int, int] = (100, 400),
     ):
         super().__init__()
         self.timestep_weights = timestep_weights  # None: uniform
+        self.hinted_start_prob, self.hinted_start_timesteps = hinted_start_prob, tuple(hinted_start_timesteps)
+        if hinted_start_prob and self.hinted_start_timesteps[1] >= noise_scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"--hinted_start_timesteps {self.hinted_start_timesteps} must end below the scheduler's "
+                f"{noise_scheduler.config.num_train_timesteps} training timesteps"
+            )
         self.kl_weight, self.vae_decoder, self.chroma_weight = kl_weight, vae_decoder, chroma_weight
         self.latent_chroma_weight = latent_chroma_weight
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
@@ -348,6 +392,9 @@ class EDNTrainingModel(nn.Module):
             timesteps = torch.multinomial(weights, scaled.shape[0], replacement=True, generator=generator)
             timesteps = timesteps.to(scaled.device)
         noisy = scheduler.add_noise(scaled, noise, timesteps)
+        hinted = None
+        if self.hinted_start_prob:
+            hinted, timesteps, noisy = self.hinted_starts(noise, timesteps, noisy, batch, generator)
         unet_dtype = self.unet.dtype
         down, mid = self.ccd(
             noisy.to(self.ccd.dtype),
@@ -373,6 +420,9 @@ class EDNTrainingModel(nn.Module):
             eps = a.sqrt() * prediction + (1 - a).sqrt() * noisy
         else:
             raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+        if hinted is not None:
+            toward = target_toward(scaled, noisy, alphas, scheduler.config.prediction_type)
+            target = torch.where(hinted.view(-1, 1, 1, 1), toward, target)
         l_dif = diffusion_loss(prediction, target.float())
         if self.lambda_ccd == 0:
             return l_dif, l_dif.new_zeros(())
@@ -381,6 +431,26 @@ class EDNTrainingModel(nn.Module):
         target_rgb, pred_rgb = (batch["pixel_values"].float() + 1) / 2, (decoded.clamp(-1, 1) + 1) / 2
         l_ccd = ccd_loss(pred_rgb, target_rgb, gray=(batch["gray_values"].float() + 1) / 2).total
         return l_dif, l_ccd
+
+    def hinted_starts(self, noise, timesteps, noisy, batch, generator):
+        """Which examples start from the hint-coloured photo (``hinted_start_prob`` of them), and the timesteps and
+        noisy latents of the batch with theirs replaced: the photo as :meth:`EDNPipeline.hinted_photo` colours it,
+        encoded by the VAE (its mode, as the pipeline encodes it) and noised to a timestep drawn from
+        ``hinted_start_timesteps``, exactly where ``strength < 1`` inference starts."""
+        count, device = noise.shape[0], noise.device
+        chosen = torch.rand(count, generator=generator, device=device) < self.hinted_start_prob
+        first, last = self.hinted_start_timesteps
+        starts = torch.randint(first, last + 1, (count,), generator=generator, device=device)
+        if not chosen.any():
+            return chosen, timesteps, noisy
+        condition = batch["conditioning_pixel_values"][chosen].to(device, torch.float32)
+        with torch.no_grad():
+            pixels = (EDNPipeline.hinted_photo(condition) * 2 - 1).to(self.vae.dtype)
+            start = scale_latents(self.vae.encode(pixels).latent_dist.mode().float(), self.vae.config)
+        noisy, timesteps = noisy.clone(), timesteps.clone()
+        noisy[chosen] = self.noise_scheduler.add_noise(start, noise[chosen], starts[chosen]).to(noisy.dtype)
+        timesteps[chosen] = starts[chosen]
+        return chosen, timesteps, noisy
 
     def decoder_losses(self, latents, text, pixels, gray, generator, reconstruct: bool = True):
         """Reconstruction (L1), the quantiser's commitment loss and Eq. 6 for the token refiner; without
@@ -1144,6 +1214,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         args.chroma_weight,
         args.latent_chroma_weight,
         timestep_weights(args, noise_scheduler.config.num_train_timesteps),
+        args.hinted_start_prob,
+        args.hinted_start_timesteps,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
