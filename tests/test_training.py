@@ -827,3 +827,25 @@ def test_hinted_start_timesteps_must_end_inside_the_schedule():
         EDNTrainingModel(
             pipe, pipe.scheduler, "ccd", 0.0, 0.0, 0.0, 0.0, hinted_start_prob=0.5, hinted_start_timesteps=(100, 1000)
         )
+
+
+def test_hinted_start_prob_reaches_the_training_step(tiny_sd, photos, tmp_path):
+    plain, hinted = tmp_path / "plain", tmp_path / "hinted"
+    train("train_ccd.py", tiny_sd, photos, plain, "--max_train_steps", 1, "--lambda_ccd", 0)
+    train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        hinted,
+        "--max_train_steps",
+        1,
+        "--lambda_ccd",
+        0,
+        "--hinted_start_prob",
+        1,
+        "--hinted_start_timesteps",
+        100,
+        200,
+    )
+    # the same seed draws the same examples and noise: only where the examples start, and so the loss, differs
+    assert logged(hinted)[1] != pytest.approx(logged(plain)[1], rel=1e-3)
