@@ -284,6 +284,10 @@ def test_two_processes_split_the_data_and_keep_the_weights_in_sync(tiny_sd, phot
             ["--vae_decoder", "luminance"],
             "--vae_decoder, --chroma_weight and --latent_chroma_weight belong to the vae stage",
         ),
+        (
+            ["--hinted_start_prob", "0.5", "--hinted_start_timesteps", "100", "1000"],
+            "edn training: --hinted_start_timesteps must end below the model's 1000 timesteps",
+        ),
     ],
 )
 def test_bad_arguments_give_a_clear_message(tiny_sd, photos, tmp_path, extra, message):

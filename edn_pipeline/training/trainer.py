@@ -1183,6 +1183,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         args.controlnet_model_name_or_path,
         vq_options if args.decoder_vq else None,
     )
+    timesteps = pipe.scheduler.config.num_train_timesteps
+    if args.hinted_start_prob and args.hinted_start_timesteps[1] >= timesteps:  # before the views are made
+        raise SystemExit(f"edn training: --hinted_start_timesteps must end below the model's {timesteps} timesteps")
     lora = args.train_unet_lora
     trained = trainable_modules(pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet)
     if lora:
