@@ -673,23 +673,28 @@ def test_per_channel_latents_are_measured_on_the_data_and_shipped_with_the_model
     assert pipe(photo, num_inference_steps=4, strength=0.5).images[0].size == (40, 36)
 
 
-def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(tiny_sd, photos, tmp_path):
+@pytest.fixture(scope="module")
+def one_step(tiny_sd, photos, tmp_path_factory):
+    """One ccd step (ε, L_dif only) into a fresh folder, with extra options: the same seed draws the same examples,
+    noise and timesteps, so a run's logged loss differs from :func:`plain_step`'s only by what the options change."""
+
+    def run(*extra) -> Path:
+        out = tmp_path_factory.mktemp("one-step")
+        train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 1, "--lambda_ccd", 0, *extra)
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def plain_step(one_step) -> Path:
+    return one_step()
+
+
+def test_prediction_type_changes_the_target_and_ships_in_the_scheduler(one_step, plain_step):
     from diffusers import DDIMScheduler
 
-    epsilon, velocity = tmp_path / "epsilon", tmp_path / "v"
-    train("train_ccd.py", tiny_sd, photos, epsilon, "--max_train_steps", 1, "--lambda_ccd", 0)
-    train(
-        "train_ccd.py",
-        tiny_sd,
-        photos,
-        velocity,
-        "--max_train_steps",
-        1,
-        "--lambda_ccd",
-        0,
-        "--prediction_type",
-        "v_prediction",
-    )
+    epsilon, velocity = plain_step, one_step("--prediction_type", "v_prediction")
     assert DDIMScheduler.load_config(epsilon / "scheduler")["prediction_type"] == "epsilon"
     assert DDIMScheduler.load_config(velocity / "scheduler")["prediction_type"] == "v_prediction"
     # the same seed draws the same noise, timesteps and examples: only the target differs
@@ -833,23 +838,7 @@ def test_hinted_start_timesteps_must_end_inside_the_schedule():
         )
 
 
-def test_hinted_start_prob_reaches_the_training_step(tiny_sd, photos, tmp_path):
-    plain, hinted = tmp_path / "plain", tmp_path / "hinted"
-    train("train_ccd.py", tiny_sd, photos, plain, "--max_train_steps", 1, "--lambda_ccd", 0)
-    train(
-        "train_ccd.py",
-        tiny_sd,
-        photos,
-        hinted,
-        "--max_train_steps",
-        1,
-        "--lambda_ccd",
-        0,
-        "--hinted_start_prob",
-        1,
-        "--hinted_start_timesteps",
-        100,
-        200,
-    )
+def test_hinted_start_prob_reaches_the_training_step(one_step, plain_step):
+    hinted = one_step("--hinted_start_prob", 1, "--hinted_start_timesteps", 100, 200)
     # the same seed draws the same examples and noise: only where the examples start, and so the loss, differs
-    assert logged(hinted)[1] != pytest.approx(logged(plain)[1], rel=1e-3)
+    assert logged(hinted)[1] != pytest.approx(logged(plain_step)[1], rel=1e-3)
