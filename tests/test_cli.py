@@ -129,6 +129,9 @@ def test_missing_model_is_a_one_line_error(inputs, tmp_path, capsys):
         ["--hint", "1,2"],
         ["--strength", "0"],
         ["--strength", "1.5"],
+        ["--vq-steps", "-1"],
+        ["--temperature", "0"],
+        ["--truncation-rate", "1.5"],
     ],
 )
 def test_bad_flags_exit_2(model_dir, inputs, tmp_path, flag):
@@ -160,6 +163,51 @@ def test_strength_reaches_the_pipeline(model_dir, inputs, tmp_path):
     written = np.array(PIL.Image.open(tmp_path / "half" / "a.png")).astype(int)
     assert np.abs(written - expected[0]).max() <= 1
     assert np.abs(written - expected[1]).max() > 1
+
+
+@pytest.fixture(scope="module")
+def refiner_model_dir(tmp_path_factory):
+    """A tiny model whose decoder has the quantiser and the token refiner (default: refinement off)."""
+    path = tmp_path_factory.mktemp("refiner_model")
+    EDNPipeline(**tiny_components(vq_decoder=True)).save_pretrained(path)
+    return path
+
+
+def test_token_refinement_options_reach_the_pipeline(refiner_model_dir, inputs, tmp_path):
+    flags = ("--vq-steps", "2", "--temperature", "1.5", "--truncation-rate", "0.5")
+    assert colorize(refiner_model_dir, inputs / "a.png", "--out", tmp_path / "refined", *flags) == 0
+    assert colorize(refiner_model_dir, inputs / "a.png", "--out", tmp_path / "plain") == 0
+    pipe = EDNPipeline.from_pretrained(refiner_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    gray = PIL.Image.open(inputs / "a.png")
+    expected = pipe(
+        gray,
+        num_inference_steps=2,
+        vq_steps=2,
+        temperature=1.5,
+        truncation_rate=0.5,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    refined, plain = (np.array(PIL.Image.open(tmp_path / name / "a.png")).astype(int) for name in ("refined", "plain"))
+    assert np.abs(refined - np.array(expected)).max() <= 1
+    assert np.abs(refined - plain).max() > 1
+
+
+@pytest.mark.parametrize(
+    "model, flags, message",
+    [
+        ("plain", ["--vq-steps", "1"], "--vq-steps needs a token refiner, and this model's decoder has none"),
+        ("plain", ["--temperature", "0.8"], "--temperature needs a token refiner, and this model's decoder has none"),
+        ("refiner", ["--vq-steps", "11"], "--vq-steps 11 is more than the 10 steps this model's token refiner has"),
+    ],
+)
+def test_refinement_the_model_cannot_do_is_one_usage_error(
+    model_dir, refiner_model_dir, inputs, tmp_path, capsys, model, flags, message
+):
+    folder = model_dir if model == "plain" else refiner_model_dir
+    assert colorize(folder, inputs, "--out", tmp_path / "o", *flags) == 2
+    assert capsys.readouterr().err.strip() == f"edn: {message}"
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_bad_hint_fails_only_its_own_image_in_a_batch(model_dir, inputs, tmp_path, capsys):

@@ -26,6 +26,7 @@ from .common import (
     check_writable_folder,
     load_pipeline,
     non_negative_float,
+    non_negative_int,
     pixel_limit,
     positive_float,
     positive_int,
@@ -171,6 +172,33 @@ def check_steps(pipe, steps: int, strength: float | None) -> None:
         raise CLIError(f"--steps {steps} at strength {strength:g} leaves no step to run; give --steps {least} or more")
 
 
+def check_refinement(pipe, vq_steps: int | None, temperature: float, truncation_rate: float | None) -> None:
+    """Token refinement the model's decoder can do: once, as a usage error, before any input is colourised."""
+    refiner = getattr(pipe.decoder, "refiner", None)
+    if refiner is None:
+        asked = [flag for flag, given in (("--vq-steps", vq_steps), ("--truncation-rate", truncation_rate)) if given]
+        asked += ["--temperature"] if temperature != 1.0 else []
+        if asked:
+            raise CLIError(f"{asked[0]} needs a token refiner, and this model's decoder has none")
+        return
+    limit = pipe.decoder.config.vq_num_train_timesteps
+    if vq_steps is not None and vq_steps > limit:
+        raise CLIError(f"--vq-steps {vq_steps} is more than the {limit} steps this model's token refiner has")
+
+
+def generation_settings(args: argparse.Namespace) -> dict:
+    """The pipeline arguments every image and video frame of one run shares."""
+    return dict(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        hint_guidance_scale=args.hint_guidance,
+        strength=args.strength,
+        vq_steps=args.vq_steps,
+        temperature=args.temperature,
+        truncation_rate=args.truncation_rate,
+    )
+
+
 def read_image(path: Path, decode: bool = True) -> PIL.Image.Image | None:
     """The decoded image; with ``decode=False`` only its header is read, to refuse what cannot be read early."""
     try:
@@ -290,11 +318,8 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
             [image for _, _, image in batch],
             prompt=args.prompt,
             hints=[hints.get(str(path), hints.get(path.name, image_hints)) for path, _, _ in batch],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            hint_guidance_scale=args.hint_guidance,
-            strength=args.strength,
             generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
+            **generation_settings(args),
         ).images
         for (path, out, _), result in zip(batch, images):
             try:
@@ -330,11 +355,8 @@ def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, fa
                 out,
                 prompt=args.prompt,
                 hints=hints.get(str(path), hints.get(path.name, args.hint or None)),
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                hint_guidance_scale=args.hint_guidance,
-                strength=args.strength,
                 generator=torch.Generator().manual_seed(args.seed),
+                **generation_settings(args),
             )
         except EDNInputError as error:
             report_failure(failed, path, error)
@@ -386,6 +408,7 @@ def colorize_command(args: argparse.Namespace) -> int:
         if readable:
             pipe = load_pipeline(args.model, device, args.dtype, args.max_megapixels)
             check_steps(pipe, args.steps, args.strength)
+            check_refinement(pipe, args.vq_steps, args.temperature, args.truncation_rate)
             progress = tqdm(
                 total=len(readable),
                 desc=f"colorizing [{state.process_index}]",
@@ -447,6 +470,25 @@ def add_colorize_parser(subparsers) -> argparse.ArgumentParser:
     )
     col.add_argument(
         "--strength", type=unit_fraction, default=None, help="share of the noise schedule run (default: the model's)"
+    )
+    refine = col.add_argument_group("token refinement (the decoder's VQ-Diffusion refiner)")
+    refine.add_argument(
+        "--vq-steps",
+        type=non_negative_int,
+        default=None,
+        help="refinement steps; 0 turns it off (default: the model's own, 0 for edn-tiny)",
+    )
+    refine.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=1.0,
+        help="divides the refiner's token logits: below 1 surer, above 1 more colourful (default: %(default)s)",
+    )
+    refine.add_argument(
+        "--truncation-rate",
+        type=unit_fraction,
+        default=None,
+        help="sample only among the likeliest tokens holding this share of the probability (default: all)",
     )
     col.add_argument("--seed", type=seed, default=0, help="seed of every image's generator (default: %(default)s)")
     add_runtime_arguments(col)
