@@ -581,7 +581,7 @@ def test_cached_views_hold_what_the_transform_and_vae_make_for_that_epoch(tiny_s
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
     options = dict(resolution=32, tokenizer=tokenizer, no_hint_prob=0.0, point_hint_prob=0.5, center_crop=False)
     dataset = load_image_dataset(data_dir=photos, cache_dir=tmp_path / "cache")
-    views = cache_views(dataset, TrainingExampleTransform(**options), vae, count=2, batch_size=2, hinted_starts=True)
+    views = cache_views(dataset, TrainingExampleTransform(**options), vae, count=2, batch_size=2)
     assert len(views) == 4  # the unreadable photo is left out
     reference = TrainingExampleTransform(**options)
     readable = [row for row in dataset if row["text"] != "unreadable"]
@@ -597,12 +597,6 @@ def test_cached_views_hold_what_the_transform_and_vae_make_for_that_epoch(tiny_s
             condition = cached["conditioning_pixel_values"].float()
             assert torch.allclose(condition, made["conditioning_pixel_values"], atol=5e-4)
             assert torch.equal(cached["input_ids"], made["input_ids"])
-            # the start of --hinted_start_prob: the hint colours where there are hints, else the gray (VAE mode)
-            hinted = condition[6].max() > 0
-            start = condition[3:6] if hinted else condition[:3]
-            with torch.no_grad():
-                mode = vae.encode(start[None] * 2 - 1).latent_dist.mode()[0]
-            torch.testing.assert_close(cached["hinted_start_latents"], mode, rtol=1e-5, atol=1e-5)
     # the two views differ: crops and hints are drawn per epoch
     assert not torch.equal(views.views[0][0]["latent_parameters"], views.views[1][0]["latent_parameters"])
 
@@ -830,13 +824,6 @@ def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to
     x_t = alpha.sqrt() * start_latents + (1 - alpha).sqrt() * noise
     target = (alpha.sqrt() * x_t - photo_latents * pipe.vae.config.scaling_factor) / (1 - alpha).sqrt()
     assert l_dif.item() == pytest.approx(torch.mean((predicted[-1] - target) ** 2).item(), rel=1e-5)
-    # a cached view's start latents (--cache_views) take the place of encoding: the same step, the same loss
-    cached = {**batch, "hinted_start_latents": expected / pipe.vae.config.scaling_factor}
-    pipe.vae.encode = None  # not called
-    with torch.no_grad():
-        l_cached, _ = model.ccd_losses(photo_latents, torch.zeros(2, 77, 16), cached, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(noised[-1][0], start_latents)
-    assert l_cached.item() == pytest.approx(l_dif.item(), rel=1e-6)
 
 
 def test_hinted_start_timesteps_must_end_inside_the_schedule():

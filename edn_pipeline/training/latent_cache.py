@@ -6,9 +6,7 @@ that is about twice the adapter's own forward and backward pass. ``--cache_views
 the crop, hints and caption that epochs 0 … N-1 draw, and stores each view's VAE posterior (mean and
 log-variance, so that every step still draws its own latent sample), condition and token ids with
 ``datasets.Dataset.map``, in the data set's cache where a resumed run finds them again; epoch e then trains on
-view e mod N. For ``--hinted_start_prob`` a view also stores the VAE latent (mode) of the photo as its hints colour
-it, which the step would otherwise encode anew: without it a step at half hinted starts ran at 20 samples/s
-instead of 37 on edn-tiny. The text encoder still runs every step: on the token ids, it is cheap next to the UNet, and SD's
+view e mod N. The text encoder still runs every step: on the token ids, it is cheap next to the UNet, and SD's
 77 × 768 embeddings would take a quarter of a megabyte a view.
 """
 
@@ -19,7 +17,6 @@ import hashlib
 import torch
 
 from ..hints import CONDITION_CHANNELS
-from ..pipeline_edn import EDNPipeline
 from .data import TrainingExampleTransform
 
 __all__ = ["CachedViews", "cache_views"]
@@ -52,18 +49,10 @@ class CachedViews(torch.utils.data.Dataset):
         return [{key: values[i] for key, values in batch.items()} for i in range(len(indices))]
 
 
-def cache_views(
-    dataset,
-    transform: TrainingExampleTransform,
-    vae,
-    count: int,
-    batch_size: int = 32,
-    hinted_starts: bool = False,
-) -> CachedViews:
+def cache_views(dataset, transform: TrainingExampleTransform, vae, count: int, batch_size: int = 32) -> CachedViews:
     """Make and encode ``count`` views of ``dataset`` (a map-style 🤗 ``Dataset`` of photos) with ``transform``
     and ``vae``; each is computed once and then read from the data set's cache (keyed by the data, the transform's
-    settings, the tokenizer and the VAE's weights). ``hinted_starts`` also stores each view's
-    ``hinted_start_latents``: the VAE's mode of :meth:`EDNPipeline.hinted_photo` of its stored condition."""
+    settings, the tokenizer and the VAE's weights)."""
     import datasets
     from datasets.fingerprint import Hasher
 
@@ -81,12 +70,8 @@ def cache_views(
             "input_ids": datasets.Sequence(datasets.Value("int64"), length=transform.tokenizer.model_max_length),
         }
     )
-    if hinted_starts:
-        shape = (vae.config.latent_channels, latent_side, latent_side)
-        features["hinted_start_latents"] = datasets.Array3D(shape, "float32")
     settings = {k: v for k, v in vars(transform).items() if k not in ("tokenizer", "epoch")}
     key = [dataset._fingerprint, settings, transform.tokenizer.get_vocab(), _weights_digest(vae)]
-    key += ["hinted starts"] if hinted_starts else []  # views made without them keep their cache
     views = []
     for view in range(count):
         transform.set_epoch(view)
@@ -96,7 +81,7 @@ def cache_views(
             batch_size=batch_size,
             remove_columns=dataset.column_names,
             features=features,
-            fn_kwargs={"transform": transform, "vae": vae, "hinted_starts": hinted_starts},
+            fn_kwargs={"transform": transform, "vae": vae},
             new_fingerprint=Hasher.hash([*key, view]),
             desc=f"Encoding view {view + 1} of {count}",
         )
@@ -105,27 +90,18 @@ def cache_views(
 
 
 @torch.no_grad()
-def _encode_view(examples: dict, transform: TrainingExampleTransform, vae, hinted_starts: bool = False) -> dict:
-    """One batch of a view: the readable photos' VAE posterior parameters, conditions and token ids (and with
-    ``hinted_starts`` the latents the step starts them from)."""
+def _encode_view(examples: dict, transform: TrainingExampleTransform, vae) -> dict:
+    """One batch of a view: the readable photos' VAE posterior parameters, conditions and token ids."""
     made = transform(examples)
     keep = [i for i, pixels in enumerate(made["pixel_values"]) if pixels is not None]
-    columns = ["latent_parameters", "conditioning_pixel_values", "input_ids"]
     if not keep:
-        return {name: [] for name in columns + (["hinted_start_latents"] if hinted_starts else [])}
+        return {"latent_parameters": [], "conditioning_pixel_values": [], "input_ids": []}
     pixels = torch.stack([made["pixel_values"][i] for i in keep]).to(vae.device, vae.dtype)
-    condition = torch.stack([made["conditioning_pixel_values"][i] for i in keep]).half()
-    encoded = {
+    return {
         "latent_parameters": vae.encode(pixels).latent_dist.parameters.float().cpu().numpy(),
-        "conditioning_pixel_values": condition.numpy(),
+        "conditioning_pixel_values": torch.stack([made["conditioning_pixel_values"][i] for i in keep]).half().numpy(),
         "input_ids": torch.stack([made["input_ids"][i] for i in keep]).numpy(),
     }
-    if hinted_starts:  # from the condition as stored (float16), as the step would make it from the cached view
-        start = EDNPipeline.hinted_photo(condition.float()) * 2 - 1
-        encoded["hinted_start_latents"] = (
-            vae.encode(start.to(vae.device, vae.dtype)).latent_dist.mode().float().cpu().numpy()
-        )
-    return encoded
 
 
 def _weights_digest(module: torch.nn.Module) -> str:

@@ -443,14 +443,10 @@ class EDNTrainingModel(nn.Module):
         starts = torch.randint(first, last + 1, (count,), generator=generator, device=device)
         if not chosen.any():
             return chosen, timesteps, noisy
-        if "hinted_start_latents" in batch:  # made once per view by --cache_views
-            start = batch["hinted_start_latents"][chosen].to(device, torch.float32)
-        else:
-            condition = batch["conditioning_pixel_values"][chosen].to(device, torch.float32)
-            with torch.no_grad():
-                pixels = (EDNPipeline.hinted_photo(condition) * 2 - 1).to(self.vae.dtype)
-                start = self.vae.encode(pixels).latent_dist.mode().float()
-        start = scale_latents(start, self.vae.config)
+        condition = batch["conditioning_pixel_values"][chosen].to(device, torch.float32)
+        with torch.no_grad():
+            pixels = (EDNPipeline.hinted_photo(condition) * 2 - 1).to(self.vae.dtype)
+            start = scale_latents(self.vae.encode(pixels).latent_dist.mode().float(), self.vae.config)
         noisy, timesteps = noisy.clone(), timesteps.clone()
         noisy[chosen] = self.noise_scheduler.add_noise(start, noise[chosen], starts[chosen]).to(noisy.dtype)
         timesteps[chosen] = starts[chosen]
@@ -746,8 +742,7 @@ def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerato
     )
     if args.cache_views:
         with accelerator.main_process_first():
-            hinted = bool(args.hinted_start_prob)
-            transform = dataset = cache_views(dataset, transform, vae, args.cache_views, hinted_starts=hinted)
+            transform = dataset = cache_views(dataset, transform, vae, args.cache_views)
     else:
         dataset = with_training_transform(dataset, transform)
     dataloader = torch.utils.data.DataLoader(
