@@ -45,6 +45,7 @@ import torch
 
 from edn_pipeline import EDNPipeline
 from edn_pipeline.colour_terms import BASIC_COLOUR_TERMS, colour_caption, colour_terms, term_chroma
+from edn_pipeline.commands.common import generation_settings
 from edn_pipeline.evaluation.metrics import colourfulness, psnr, ssim
 from edn_pipeline.files import IMAGE_SUFFIXES
 from edn_pipeline.luminance import chroma, gray_from_lightness, to_lightness, to_uint8
@@ -142,18 +143,7 @@ def levin_row(count: int) -> str:
 def colourise(pipe: EDNPipeline, args: argparse.Namespace, gray: np.ndarray, **kwargs) -> np.ndarray:
     """One pipeline call, seeded the same for every row so that rows differ only in what they are given."""
     generator = torch.Generator().manual_seed(args.seed)
-    image = pipe(
-        gray,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        hint_guidance_scale=args.hint_guidance,
-        strength=args.strength,
-        vq_steps=args.vq_steps,
-        temperature=args.temperature,
-        truncation_rate=args.truncation_rate,
-        generator=generator,
-        **kwargs,
-    )
+    image = pipe(gray, generator=generator, **generation_settings(args), **kwargs)
     return np.array(image.images[0])
 
 

@@ -24,6 +24,7 @@ from .common import (
     add_runtime_arguments,
     check_device,
     check_writable_folder,
+    generation_settings,
     load_pipeline,
     non_negative_float,
     non_negative_int,
@@ -184,19 +185,6 @@ def check_refinement(pipe, vq_steps: int | None, temperature: float, truncation_
     limit = pipe.decoder.config.vq_num_train_timesteps
     if vq_steps is not None and vq_steps > limit:
         raise CLIError(f"--vq-steps {vq_steps} is more than the {limit} steps this model's token refiner has")
-
-
-def generation_settings(args: argparse.Namespace) -> dict:
-    """The pipeline arguments every image and video frame of one run shares."""
-    return dict(
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        hint_guidance_scale=args.hint_guidance,
-        strength=args.strength,
-        vq_steps=args.vq_steps,
-        temperature=args.temperature,
-        truncation_rate=args.truncation_rate,
-    )
 
 
 def read_image(path: Path, decode: bool = True) -> PIL.Image.Image | None:

@@ -31,6 +31,21 @@ def shown(path) -> str:
     return str(path) if str(path).isprintable() else repr(str(path))
 
 
+def generation_settings(args: argparse.Namespace) -> dict:
+    """The pipeline arguments of ``--steps``, ``--guidance``, ``--hint-guidance``, ``--strength``, ``--vq-steps``,
+    ``--temperature`` and ``--truncation-rate``: shared by every call of one run (``edn colorize``, the quality
+    benchmark)."""
+    return dict(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        hint_guidance_scale=args.hint_guidance,
+        strength=args.strength,
+        vq_steps=args.vq_steps,
+        temperature=args.temperature,
+        truncation_rate=args.truncation_rate,
+    )
+
+
 # ------------------------------------------------------------------------------------------------- argument types
 
 
