@@ -132,14 +132,13 @@ def lightness(pixels: torch.Tensor) -> torch.Tensor:
     lightness_of_byte = _LIGHTNESS_OF_BYTE.to(pixels.device)
     for rows, columns in _tiles(height, width):
         block = pixels[rows, columns]
+        # Look-ups by index_select with int32 indices: indexing with a tensor first widens it to int64, and numpy's
+        # look-up took 1.5 times as long on the CPU (a 24-megapixel gray scan: 110 ms against 75).
         if channels < 3 and block.dtype == torch.uint8:
-            if block.device.type == "cpu":  # numpy's look-up: a third of torch's time, which first widens to int64
-                out[rows, columns] = torch.from_numpy(_LIGHTNESS_OF_BYTE.numpy()[block[..., 0].numpy()])
-            else:
-                out[rows, columns] = lightness_of_byte[block[..., 0].long()]
+            out[rows, columns] = lightness_of_byte.index_select(0, block.reshape(-1).int()).view(block.shape[:2])
             continue
         if block.dtype == torch.uint8:
-            linear = linear_of_byte[block[..., :3].long()]
+            linear = linear_of_byte.index_select(0, block[..., :3].reshape(-1).int()).view(*block.shape[:2], 3)
         else:
             linear = _srgb_to_linear(block[..., :3].float().clamp(0, 1))
         y = linear @ weights if channels >= 3 else linear[..., 0] * weights.sum()
@@ -462,8 +461,8 @@ def _pixels_from_pil(image: Image.Image, source: str, max_pixels: int | None) ->
         pixels = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
     elif mode == "F":
         pixels = np.asarray(image, dtype=np.float32)
-    elif mode in _GRAY_MODES_8BIT:
-        pixels = np.asarray(image.convert("L"))
+    elif mode in _GRAY_MODES_8BIT:  # "L" as it is: converting it to itself would copy it first
+        pixels = np.asarray(image if mode == "L" else image.convert("L"))
     elif mode in _GRAY_ALPHA_MODES:
         pixels = np.asarray(image.convert("LA"))[..., 0]
     elif mode in _PALETTE_MODES:  # RGBA honours palette transparency
