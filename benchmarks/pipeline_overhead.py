@@ -4,7 +4,8 @@ Both pipelines share the UNet, text encoder, scheduler and adapter weights (EDN'
 ``ControlNetModel``) and run the same steps at the same working size, so the difference is what EDN adds: reading
 the input's L*, hint propagation, the luminance-aware decoder and the L*-preserving recomposition at the input's
 size. The image processor's pre- and post-processing are timed on their own (file decoding is its own column and
-is in neither), and each size runs in a fresh process so that its peak resident memory is its own.
+is in neither), and each size runs in a fresh process so that its peak resident memory is its own. EDN's wall time
+at each size is timed in turn with EDN at 512×384 in that process: their ratio is the cost of the size.
 
     python benchmarks/pipeline_overhead.py --sizes 512x384,4000x3000,6000x4000 --steps 20 --repeats 3
 """
@@ -27,6 +28,9 @@ from edn_pipeline import EDNPipeline
 from edn_pipeline.testing_utils import tiny_components
 
 GRAY_PHOTO = PIL.Image.fromarray(data.astronaut()).convert("L")  # a scan is gray: EDN's usual input
+# The wall ratio's base size, timed in every size's process in turn with that size: on a shared machine the
+# model's own time drifts by a third within minutes, which ratios of times from different processes would carry.
+BASE_SIZE = (512, 384)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,6 +46,23 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternating_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Medians of two calls timed in turn, so that the machine's drift weighs on both alike."""
+    first(), second()  # warm-up
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, fn_times in zip((first, second), times):
+            start = time.perf_counter()
+            fn()
+            fn_times.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def point_hints(size: tuple[int, int], count: int) -> list[tuple[float, float, str]]:
+    rng = np.random.default_rng(0)
+    return [(float(rng.uniform(0, size[0])), float(rng.uniform(0, size[1])), "#c83c28") for _ in range(count)]
 
 
 def peak_rss_mb() -> float:
@@ -77,8 +98,7 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
         pipe.set_progress_bar_config(disable=True)
 
     width, height = size
-    rng = np.random.default_rng(0)
-    hints = [(float(rng.uniform(0, width)), float(rng.uniform(0, height)), "#c83c28") for _ in range(args.hints)]
+    hints = point_hints(size, args.hints)
     work_w, work_h = edn.working_size(width, height)
     control = torch.rand(1, 7, work_h, work_w, generator=torch.Generator().manual_seed(0)).to(device)
     common = dict(num_inference_steps=args.steps, guidance_scale=5.0, prompt="a colored photo")
@@ -107,7 +127,11 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
     decoded = torch.from_numpy(colours).permute(2, 0, 1)[None].to(device)
     pre_s = median_seconds(lambda: processor.preprocess([photo], [hints], device), args.repeats)
     post_s = median_seconds(lambda: processor.postprocess(decoded, inputs.lightness, "pil"), args.repeats)
-    edn_s = median_seconds(lambda: run_edn(photo), args.repeats)
+    base_photo = GRAY_PHOTO.resize(BASE_SIZE, PIL.Image.Resampling.BICUBIC)
+    base_hints = point_hints(BASE_SIZE, args.hints)
+    edn_s, edn_base_s = alternating_medians(
+        lambda: run_edn(photo), lambda: run_edn(base_photo, base_hints), args.repeats
+    )
     reference_s = median_seconds(
         lambda: reference(
             image=control, height=work_h, width=work_w, generator=torch.Generator().manual_seed(0), **common
@@ -122,6 +146,7 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
         "pre_s": pre_s,
         "post_s": post_s,
         "edn_s": edn_s,
+        "edn_base_s": edn_base_s,
         "reference_s": reference_s,
         "model_rss_mb": model_rss,
         "peak_rss_mb": peak_rss_mb(),
@@ -159,19 +184,25 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.steps} steps, CFG 5.0, "
         f"{args.hints} hints, median of {args.repeats}, components: {args.model or 'random tiny'}"
     )
+    base = "{}×{}".format(*BASE_SIZE)
     print(
         "| input | MP | working | decode s | EDN pre s | EDN post s | pre+post ms/MP | EDN s | ControlNet s | EDN/ControlNet "
-        "| peak RSS MB | beyond the model MB |"
+        f"| EDN / EDN at {base} | peak RSS MB | beyond the model MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_mp = (r["pre_s"] + r["post_s"]) / r["megapixels"] * 1e3
         print(
             f"| {r['size']} | {r['megapixels']:.1f} | {r['working']} | {r['decode_s']:.3f} | {r['pre_s']:.3f} | {r['post_s']:.3f} "
             f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |"
+            f"| {r['edn_s'] / r['edn_base_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |"
         )
-    print(f"EDN wall time, largest / smallest input: {rows[-1]['edn_s'] / rows[0]['edn_s']:.2f}")
+    largest = rows[-1]
+    print(
+        f"EDN wall time, {largest['size']} / {base} timed in turn in one process: "
+        f"{largest['edn_s'] / largest['edn_base_s']:.2f} (largest / smallest row, separate processes: "
+        f"{largest['edn_s'] / rows[0]['edn_s']:.2f})"
+    )
 
 
 if __name__ == "__main__":
