@@ -842,3 +842,67 @@ def test_hinted_start_prob_reaches_the_training_step(one_step, plain_step):
     hinted = one_step("--hinted_start_prob", 1, "--hinted_start_timesteps", 100, 200)
     # the same seed draws the same examples and noise: only where the examples start, and so the loss, differs
     assert logged(hinted)[1] != pytest.approx(logged(plain_step)[1], rel=1e-3)
+
+
+def test_train_text_encoder_trains_it_checkpoints_it_and_resumes_with_the_same_losses(tiny_sd, photos, tmp_path):
+    from transformers import CLIPTextModel
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    options = ("--train_text_encoder", "--use_ema", "--lambda_ccd", 0, "--checkpointing_steps", 2)
+    train("train_ccd.py", tiny_sd, photos, whole, "--max_train_steps", 4, *options)
+    # the checkpoint holds the encoder in transformers' format; EMA averages only the diffusers components
+    saved = {p.name for p in (whole / "checkpoint-2").iterdir()}
+    assert {"ccd", "text_encoder", "ema_ccd"} <= saved and "ema_text_encoder" not in saved
+    start = CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder").state_dict()
+    trained = EDNPipeline.from_pretrained(whole).text_encoder.state_dict()
+    changed = [name for name in start if not torch.equal(start[name], trained[name])]
+    assert "embeddings.token_embedding.weight" in changed
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    train(
+        "train_ccd.py",
+        tiny_sd,
+        photos,
+        resumed,
+        "--max_train_steps",
+        4,
+        *options,
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    a, b = logged(whole), logged(resumed)
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7)
+    again = EDNPipeline.from_pretrained(resumed).text_encoder.state_dict()
+    for name in trained:
+        torch.testing.assert_close(again[name], trained[name], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_text_encoder_is_exported_unchanged(tiny_sd, photos, tmp_path):
+    from transformers import CLIPTextModel
+
+    out = tmp_path / "ccd"
+    train("train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 2, "--lambda_ccd", 0)
+    start = CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder").state_dict()
+    after = EDNPipeline.from_pretrained(out).text_encoder.state_dict()
+    assert all(torch.equal(start[name], after[name]) for name in start)
+
+
+@pytest.mark.parametrize("stage", ["decoder", "refiner", "vae"])
+def test_train_text_encoder_is_refused_where_no_words_are_read(photos, capsys, stage):
+    from edn_pipeline.training.trainer import parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos), "--train_text_encoder"]
+    with pytest.raises(SystemExit) as info:
+        parse_args(common, stage=stage)
+    assert info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(f"error: the {stage} stage does not train the text encoder")
+    )
+    assert (
+        parse_args(common, stage="ccd").train_text_encoder and not parse_args(common[:-1], "joint").train_text_encoder
+    )

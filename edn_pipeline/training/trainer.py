@@ -19,6 +19,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
 exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script.
 ``--hinted_start_prob`` trains what ``strength < 1`` runs: a share of the examples starts from the latent of the
 photo as its hints colour it, noised part-way, and learns the step that lands on the photo's latent.
+``--train_text_encoder`` (ccd and joint stages) trains the text encoder with the adapter, as diffusers' DreamBooth
+example does, for a model whose encoder was never trained on words (edn-tiny's colour terms).
 ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -208,6 +211,12 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
     add("--lora_rank", type=int, default=4)
     add("--train_unet", action="store_true", help="train the whole UNet (no pretrained prior, e.g. edn-tiny)")
     add(
+        "--train_text_encoder",
+        action="store_true",
+        help="ccd and joint stages: train the text encoder too (as diffusers' DreamBooth example), so that words "
+        "an untrained encoder only tells apart get meanings the adapter reads; not averaged by --use_ema",
+    )
+    add(
         "--ccd_condition_init",
         choices=("keep", "random"),
         default="keep",
@@ -247,6 +256,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--train_unet and --train_unet_lora exclude each other")
     if args.stage in ("decoder", "refiner", "vae") and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
+    if args.stage in ("decoder", "refiner", "vae") and args.train_text_encoder:
+        parser.error(f"the {args.stage} stage does not train the text encoder")
     for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must lie in [0, 1]")
@@ -338,7 +349,7 @@ class EDNTrainingModel(nn.Module):
         pixels, gray = batch.get("pixel_values"), batch.get("gray_values")  # absent from cached views
         with torch.no_grad():
             latents = latent_posterior(self.vae, batch).sample(generator).float()
-            text = self.text_encoder(batch["input_ids"], return_dict=False)[0]
+        text = self.text_encoder(batch["input_ids"], return_dict=False)[0]  # with gradients if it is trained
         losses = {}
         zero = latents.new_zeros(())
         l_dif = l_ccd = l_vq = zero
@@ -641,7 +652,12 @@ def init_codebook_from_data(pipe, dataloader, seed: int) -> None:
 
 
 def trainable_modules(
-    pipe, stage: str, vae_decoder: str = "kl", ccd_condition_init: str = "keep", train_unet: bool = False
+    pipe,
+    stage: str,
+    vae_decoder: str = "kl",
+    ccd_condition_init: str = "keep",
+    train_unet: bool = False,
+    train_text_encoder: bool = False,
 ) -> dict[str, nn.Module]:
     """Freeze what the stage keeps fixed; return the trained components by name."""
     for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
@@ -666,6 +682,8 @@ def trainable_modules(
         trained["decoder"] = pipe.decoder  # saved whole; only its refiner's parameters are given gradients below
     if train_unet:
         trained["unet"] = pipe.unet
+    if train_text_encoder:
+        trained["text_encoder"] = pipe.text_encoder
     for module in trained.values():
         module.requires_grad_(True)
         module.train()
@@ -694,7 +712,10 @@ def save_memory(pipe, trained: dict[str, nn.Module], lora: bool, gradient_checkp
     the adapter."""
     if gradient_checkpointing:
         for module in (*trained.values(), *([pipe.unet] if lora else [])):
-            module.enable_gradient_checkpointing()
+            if isinstance(module, ModelMixin):
+                module.enable_gradient_checkpointing()
+            else:  # the transformers text encoder
+                module.gradient_checkpointing_enable()
     if xformers:
         for module in (pipe.unet, pipe.ccd):
             module.enable_xformers_memory_efficient_attention()
@@ -712,11 +733,12 @@ def place_components(pipe, trained: dict[str, nn.Module], lora: bool, accelerato
 
 
 def ema_models(trained: dict[str, nn.Module], decay: float) -> dict[str, EMAModel]:
-    """An exponential moving average of each trained component (``--use_ema``); model_cls and model_config let
-    EMAModel save itself in diffusers' format."""
+    """An exponential moving average of each trained diffusers component (``--use_ema``); model_cls and model_config
+    let EMAModel save itself in diffusers' format, which a transformers text encoder has not."""
     return {
         name: EMAModel(module.parameters(), decay=decay, model_cls=type(module), model_config=module.config)
         for name, module in trained.items()
+        if isinstance(module, ModelMixin)
     }
 
 
@@ -1102,6 +1124,7 @@ def model_card(args: argparse.Namespace, global_step: int):
             "proportion_empty_prompts",
             "train_unet_lora",
             "train_unet",
+            "train_text_encoder",
             "ccd_condition_init",
             "use_ema",
             "seed",
@@ -1187,7 +1210,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     if args.hinted_start_prob and args.hinted_start_timesteps[1] >= timesteps:  # before the views are made
         raise SystemExit(f"edn training: --hinted_start_timesteps must end below the model's {timesteps} timesteps")
     lora = args.train_unet_lora
-    trained = trainable_modules(pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet)
+    trained = trainable_modules(
+        pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet, args.train_text_encoder
+    )
     if lora:
         add_unet_lora(pipe.unet, args.lora_rank)
     save_memory(pipe, trained, lora, args.gradient_checkpointing, args.enable_xformers_memory_efficient_attention)
