@@ -906,3 +906,60 @@ def test_train_text_encoder_is_refused_where_no_words_are_read(photos, capsys, s
     assert (
         parse_args(common, stage="ccd").train_text_encoder and not parse_args(common[:-1], "joint").train_text_encoder
     )
+
+
+def test_train_word_embeddings_changes_only_those_words(tiny_sd, photos, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    out = tmp_path / "words"
+    # the default AdamW weight decay would shrink every row; the other words must still come out bit-identical
+    train(
+        "train_ccd.py", tiny_sd, photos, out, "--max_train_steps", 3, "--lambda_ccd", 0, "--train_word_embeddings", "a"
+    )
+    word = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")("a").input_ids[1]
+    start, trained = StableDiffusionPipeline.from_pretrained(tiny_sd), EDNPipeline.from_pretrained(out)
+    before = start.text_encoder.get_input_embeddings().weight
+    after = trained.text_encoder.get_input_embeddings().weight
+    changed = (before != after).any(dim=1).nonzero().ravel().tolist()
+    assert changed == [word]
+    for name in ("vae", "text_encoder", "unet"):
+        a, b = getattr(start, name).state_dict(), getattr(trained, name).state_dict()
+        frozen = [k for k in a if "token_embedding" not in k]
+        assert all(torch.equal(a[k], b[k]) for k in frozen), name
+
+
+def test_train_word_embeddings_names_a_word_that_is_not_one_token(tiny_sd, photos, tmp_path):
+    with pytest.raises(AssertionError, match="'photo' is 5 tokens"):
+        train(
+            "train_ccd.py",
+            tiny_sd,
+            photos,
+            tmp_path / "out",
+            "--max_train_steps",
+            1,
+            "--train_word_embeddings",
+            "photo",
+        )
+
+
+@pytest.mark.parametrize(
+    "stage, extra, message",
+    [
+        ("vae", [], "the vae stage does not train the text encoder"),
+        ("ccd", ["--train_unet"], "--train_word_embeddings trains nothing else"),
+        ("joint", ["--train_text_encoder"], "--train_word_embeddings trains nothing else"),
+    ],
+)
+def test_train_word_embeddings_is_refused_with_what_it_excludes(photos, capsys, stage, extra, message):
+    from edn_pipeline.training.trainer import parse_args
+
+    common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
+    with pytest.raises(SystemExit) as info:
+        parse_args(common + ["--train_word_embeddings", "red", "blue"] + extra, stage=stage)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert parse_args(common + ["--train_word_embeddings", "red", "blue"], stage="ccd").train_word_embeddings == [
+        "red",
+        "blue",
+    ]

@@ -20,7 +20,8 @@ exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often
 ``--hinted_start_prob`` trains what ``strength < 1`` runs: a share of the examples starts from the latent of the
 photo as its hints colour it, noised part-way, and learns the step that lands on the photo's latent.
 ``--train_text_encoder`` (ccd and joint stages) trains the text encoder with the adapter, as diffusers' DreamBooth
-example does, for a model whose encoder was never trained on words (edn-tiny's colour terms).
+example does, for a model whose encoder was never trained on words (edn-tiny's colour terms);
+``--train_word_embeddings`` trains only the named words' token embeddings, so prompts without them are unchanged.
 ``--per_channel_latents`` (ccd and joint stages) measures the VAE latents' mean and std per channel before training
 and scales every channel to zero mean and unit variance for the UNet (:mod:`edn_pipeline.latent_scale`).
 
@@ -217,6 +218,14 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         "an untrained encoder only tells apart get meanings the adapter reads; not averaged by --use_ema",
     )
     add(
+        "--train_word_embeddings",
+        nargs="+",
+        metavar="WORD",
+        default=None,
+        help="ccd and joint stages: train only these words' token embeddings (textual inversion, as diffusers' "
+        "example), every network frozen; each word must be one token of the tokenizer",
+    )
+    add(
         "--ccd_condition_init",
         choices=("keep", "random"),
         default="keep",
@@ -256,8 +265,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--train_unet and --train_unet_lora exclude each other")
     if args.stage in ("decoder", "refiner", "vae") and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
-    if args.stage in ("decoder", "refiner", "vae") and args.train_text_encoder:
+    if args.stage in ("decoder", "refiner", "vae") and (args.train_text_encoder or args.train_word_embeddings):
         parser.error(f"the {args.stage} stage does not train the text encoder")
+    if args.train_word_embeddings and (args.train_unet or args.train_unet_lora or args.train_text_encoder):
+        parser.error(
+            "--train_word_embeddings trains nothing else: leave out --train_unet, --train_unet_lora and "
+            "--train_text_encoder"
+        )
     for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must lie in [0, 1]")
@@ -693,6 +707,48 @@ def trainable_modules(
     return trained
 
 
+def word_token_ids(tokenizer, words: list[str]) -> list[int]:
+    """The token id of each word, which must be a single token (between the tokenizer's start and end tokens)."""
+    ids = []
+    for word in words:
+        tokens = tokenizer(word).input_ids[1:-1]
+        if len(tokens) != 1:
+            raise SystemExit(
+                f"edn training: --train_word_embeddings {word!r} is {len(tokens)} tokens "
+                f"({' '.join(tokenizer.convert_ids_to_tokens(tokens))}); each word must be one token"
+            )
+        ids.extend(tokens)
+    return ids
+
+
+def train_only_word_embeddings(pipe, token_ids: list[int]) -> dict[str, nn.Module]:
+    """Freeze every network but the text encoder's token embeddings, and give gradients only to ``token_ids``' rows:
+    the words' meanings change, every prompt without them is encoded exactly as before."""
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
+        module.requires_grad_(False)
+    embeddings = pipe.text_encoder.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    rows = torch.zeros(embeddings.shape[0], 1, dtype=embeddings.dtype, device=embeddings.device)
+    rows[token_ids] = 1
+    embeddings.register_hook(lambda grad: grad * rows.to(grad))
+    pipe.text_encoder.train()
+    return {"text_encoder": pipe.text_encoder}
+
+
+def keep_other_embeddings(optimizer, embeddings: nn.Parameter, token_ids: list[int]) -> None:
+    """After each optimiser step, put back every row but ``token_ids``': AdamW's weight decay shrinks whole
+    parameters, gradients or not (diffusers' textual inversion example restores them the same way)."""
+    original = embeddings.detach().clone()
+    others = torch.ones(embeddings.shape[0], dtype=torch.bool, device=embeddings.device)
+    others[token_ids] = False
+
+    def restore(*_):
+        with torch.no_grad():
+            embeddings[others] = original[others]
+
+    optimizer.register_step_post_hook(restore)
+
+
 def add_unet_lora(unet, rank: int) -> None:
     """A peft LoRA on the frozen UNet's attention projections: only its own weights are trained."""
     from peft import LoraConfig
@@ -1125,6 +1181,7 @@ def model_card(args: argparse.Namespace, global_step: int):
             "train_unet_lora",
             "train_unet",
             "train_text_encoder",
+            "train_word_embeddings",
             "ccd_condition_init",
             "use_ema",
             "seed",
@@ -1210,9 +1267,13 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     if args.hinted_start_prob and args.hinted_start_timesteps[1] >= timesteps:  # before the views are made
         raise SystemExit(f"edn training: --hinted_start_timesteps must end below the model's {timesteps} timesteps")
     lora = args.train_unet_lora
-    trained = trainable_modules(
-        pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet, args.train_text_encoder
-    )
+    words = word_token_ids(pipe.tokenizer, args.train_word_embeddings) if args.train_word_embeddings else None
+    if words:
+        trained = train_only_word_embeddings(pipe, words)
+    else:
+        trained = trainable_modules(
+            pipe, args.stage, args.vae_decoder, args.ccd_condition_init, args.train_unet, args.train_text_encoder
+        )
     if lora:
         add_unet_lora(pipe.unet, args.lora_rank)
     save_memory(pipe, trained, lora, args.gradient_checkpointing, args.enable_xformers_memory_efficient_attention)
@@ -1229,6 +1290,8 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
 
     parameters = trained_parameters(trained, pipe.unet)
     optimizer, lr_scheduler, updates_per_epoch = optimisation(parameters, dataloader, accelerator.num_processes, args)
+    if words:
+        keep_other_embeddings(optimizer, pipe.text_encoder.get_input_embeddings().weight, words)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     model = EDNTrainingModel(
         pipe,
