@@ -949,6 +949,7 @@ def test_train_word_embeddings_names_a_word_that_is_not_one_token(tiny_sd, photo
         ("vae", [], "the vae stage does not train the text encoder"),
         ("ccd", ["--train_unet"], "--train_word_embeddings trains nothing else"),
         ("joint", ["--train_text_encoder"], "--train_word_embeddings trains nothing else"),
+        ("ccd", ["--ccd_condition_init", "random"], "--train_word_embeddings trains nothing else"),
     ],
 )
 def test_train_word_embeddings_is_refused_with_what_it_excludes(photos, capsys, stage, extra, message):

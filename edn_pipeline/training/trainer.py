@@ -267,10 +267,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"the {args.stage} stage does not train the UNet")
     if args.stage in ("decoder", "refiner", "vae") and (args.train_text_encoder or args.train_word_embeddings):
         parser.error(f"the {args.stage} stage does not train the text encoder")
-    if args.train_word_embeddings and (args.train_unet or args.train_unet_lora or args.train_text_encoder):
+    others = args.train_unet or args.train_unet_lora or args.train_text_encoder or args.ccd_condition_init != "keep"
+    if args.train_word_embeddings and others:
         parser.error(
-            "--train_word_embeddings trains nothing else: leave out --train_unet, --train_unet_lora and "
-            "--train_text_encoder"
+            "--train_word_embeddings trains nothing else: leave out --train_unet, --train_unet_lora, "
+            "--train_text_encoder and --ccd_condition_init"
         )
     for name in ("no_hint_prob", "point_hint_prob", "generic_prompt_prob", "proportion_empty_prompts"):
         if not 0.0 <= getattr(args, name) <= 1.0:
