@@ -94,6 +94,14 @@ def logged(out: Path, tag: str = "loss") -> dict[int, float]:
     return values
 
 
+def resume(model, photos, whole: Path, resumed: Path, checkpoint: int, *extra) -> str:
+    """Train in ``resumed`` from a copy of ``whole``'s checkpoint at step ``checkpoint`` (``--resume_from_checkpoint
+    latest``), as a run killed after that checkpoint would be restarted; returns the run's output."""
+    resumed.mkdir(exist_ok=True)
+    shutil.copytree(whole / f"checkpoint-{checkpoint}", resumed / f"checkpoint-{checkpoint}")
+    return train("train_ccd.py", model, photos, resumed, *extra, "--resume_from_checkpoint", "latest")
+
+
 def test_ccd_stage_overfits_checkpoints_prunes_and_exports_a_pipeline(tiny_sd, photos, tmp_path):
     out = tmp_path / "ccd"
     log = train(
@@ -132,20 +140,8 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(tiny_sd, photos
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     train("train_ccd.py", tiny_sd, photos, whole, "--max_train_steps", 6, "--checkpointing_steps", 3)
     resumed.mkdir()
-    shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
     (resumed / ".checkpoint-6.tmp").mkdir()  # a save killed midway: ignored, and the checkpoint before it used
-    train(
-        "train_ccd.py",
-        tiny_sd,
-        photos,
-        resumed,
-        "--max_train_steps",
-        6,
-        "--checkpointing_steps",
-        3,
-        "--resume_from_checkpoint",
-        "latest",
-    )
+    resume(tiny_sd, photos, whole, resumed, 3, "--max_train_steps", 6, "--checkpointing_steps", 3)
     a, b = logged(whole), logged(resumed)
     assert sorted(b) == [4, 5, 6]
     for step in (4, 5, 6):
@@ -606,20 +602,7 @@ def test_ccd_stage_on_cached_views_trains_and_resumes_with_the_same_losses(tiny_
     options = ("--cache_views", 2, "--lambda_ccd", 0, "--cache_dir", tmp_path / "cache", "--checkpointing_steps", 3)
     log = train("train_ccd.py", tiny_sd, photos, whole, "--max_train_steps", 6, "--train_unet", *options)
     assert "Encoding view 2 of 2" in log
-    resumed.mkdir()
-    shutil.copytree(whole / "checkpoint-3", resumed / "checkpoint-3")
-    log = train(
-        "train_ccd.py",
-        tiny_sd,
-        photos,
-        resumed,
-        "--max_train_steps",
-        6,
-        "--train_unet",
-        *options,
-        "--resume_from_checkpoint",
-        "latest",
-    )
+    log = resume(tiny_sd, photos, whole, resumed, 3, "--max_train_steps", 6, "--train_unet", *options)
     assert "Encoding view" not in log  # read back from the data set's cache
     a, b = logged(whole), logged(resumed)
     assert sorted(a) == list(range(1, 7)) and all(np.isfinite(list(a.values())))
@@ -857,19 +840,7 @@ def test_train_text_encoder_trains_it_checkpoints_it_and_resumes_with_the_same_l
     trained = EDNPipeline.from_pretrained(whole).text_encoder.state_dict()
     changed = [name for name in start if not torch.equal(start[name], trained[name])]
     assert "embeddings.token_embedding.weight" in changed
-    resumed.mkdir()
-    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
-    train(
-        "train_ccd.py",
-        tiny_sd,
-        photos,
-        resumed,
-        "--max_train_steps",
-        4,
-        *options,
-        "--resume_from_checkpoint",
-        "latest",
-    )
+    resume(tiny_sd, photos, whole, resumed, 2, "--max_train_steps", 4, *options)
     a, b = logged(whole), logged(resumed)
     assert sorted(b) == [3, 4]
     for step in (3, 4):
