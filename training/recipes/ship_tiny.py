@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from diffusers import ModelMixin
 
 from edn_pipeline import EDNPipeline, LuminanceDecoder
 from edn_pipeline.files import atomic_folder
@@ -38,7 +39,7 @@ def main() -> None:
         pipe.register_modules(decoder=LuminanceDecoder.from_pretrained(args.decoder))
     pipe.register_to_config(default_strength=args.default_strength, _name_or_path=args.out.name)
     for name, component in pipe.components.items():  # the name it ships under, not the training run's local path
-        if hasattr(component, "register_to_config"):
+        if isinstance(component, ModelMixin):
             component.register_to_config(_name_or_path=f"{args.out.name}/{name}")
     pipe.decoder.register_to_config(vq_inference_steps=args.vq_inference_steps)
     for name in HALF_PRECISION:
