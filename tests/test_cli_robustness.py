@@ -763,6 +763,37 @@ def test_a_bomb_among_good_images_as_a_process(sandbox, models):
     assert sorted(p.name for p in (sandbox / "out").iterdir()) == ["a.png", "b.png"]
 
 
+def test_ctrl_c_lets_the_write_under_way_finish_and_starts_no_other(sandbox, models, monkeypatch, capsys):
+    """Outputs are written on a thread while the next image runs: an interrupt there still leaves whole files."""
+    import edn_pipeline.commands.colorize as colorize
+
+    scans = sandbox / "three"
+    scans.mkdir()
+    for name in ("a", "b", "c"):
+        PIL.Image.open(sandbox / "good.png").save(scans / f"{name}.png")
+    real_save, real_call, calls = colorize.save_atomically, EDNPipeline.__call__, []
+
+    def slow_save(image, path):  # still writing a.png when b's pipeline call is interrupted
+        time.sleep(0.5)
+        real_save(image, path)
+
+    def call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(colorize, "save_atomically", slow_save)
+    monkeypatch.setattr(EDNPipeline, "__call__", call)
+    code, _, err = run_in_process(
+        ["colorize", "three", "--out", "out", "--model", models[MODEL], "--steps", "2"], capsys
+    )
+    assert code == 130 and err.strip().endswith("edn: interrupted")
+    assert [p.name for p in (sandbox / "out").iterdir()] == ["a.png"]  # no temporary file, nothing for b or c
+    with PIL.Image.open(sandbox / "out" / "a.png") as image:
+        image.verify()
+
+
 @pytest.mark.slow
 def test_a_batch_killed_at_any_point_resumes_to_what_an_uninterrupted_run_gives(sandbox, models, photo, capsys):
     """SIGKILL between writing an output and renaming it into place, then again mid-batch; then finish."""
