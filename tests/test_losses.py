@@ -12,6 +12,7 @@ from edn_pipeline.mask_and_replace import q_sample
 from edn_pipeline.training.losses import (
     LATENT_CHROMA_UNIT,
     ccd_loss,
+    clean_error_weight,
     diffusion_loss,
     latent_chroma_l1,
     predicted_x0,
@@ -44,6 +45,30 @@ def test_diffusion_loss_is_the_mean_squared_error():
     assert diffusion_loss(pred, noise).item() == pytest.approx((1 + 4 + 4 + 4) / 4)
     with pytest.raises(ValueError, match="differ in shape"):
         diffusion_loss(torch.zeros(2, 4), torch.zeros(4))
+    # weighed per example: (1 + 4) / 2 · 0.5 and (4 + 4) / 2 · 2, averaged
+    assert diffusion_loss(pred, noise, torch.tensor([0.5, 2.0])).item() == pytest.approx((2.5 * 0.5 + 4 * 2) / 2)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_clean_error_weight_turns_an_output_error_into_the_clean_latent_error(prediction_type):
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    x_t, output, error = (torch.randn(3, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    alpha_bar = scheduler.alphas_cumprod.double()[torch.tensor([1, 21, 400])]
+    a = alpha_bar.view(-1, 1, 1, 1)
+
+    def clean(out):  # the clean latent an output implies, written out from the forward process
+        return (
+            (x_t - (1 - a).sqrt() * out) / a.sqrt()
+            if prediction_type == "epsilon"
+            else a.sqrt() * x_t - (1 - a).sqrt() * out
+        )
+
+    per_example = ((clean(output + error) - clean(output)) ** 2).mean(dim=(1, 2, 3))
+    expected = clean_error_weight(alpha_bar, prediction_type) * (error**2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(per_example, expected)
+    with pytest.raises(ValueError, match="unsupported prediction_type"):
+        clean_error_weight(alpha_bar, "sample")
 
 
 def test_predicted_x0_inverts_the_forward_process_per_sample():

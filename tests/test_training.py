@@ -753,9 +753,11 @@ def test_prediction_type_is_accepted_by_the_joint_stage(photos):
     )
 
 
-def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to_the_photo(photos):
+@pytest.mark.parametrize("loss", ["prediction", "clean"])
+def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to_the_photo(photos, loss):
     """With --hinted_start_prob 1 every example starts from the VAE latent of its hint-coloured photo (the gray one
-    without hints), noised to a timestep in the range, and its target is the UNet output whose x̃_0 is the photo."""
+    without hints), noised to a timestep in the range, and its target is the UNet output whose x̃_0 is the photo;
+    with --hinted_start_loss clean the loss is the squared error of that x̃_0 itself."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -764,9 +766,13 @@ def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to
     from edn_pipeline.training.trainer import EDNTrainingModel, parse_args
 
     common = ["--pretrained_model_name_or_path", "unused", "--train_data_dir", str(photos)]
-    args = parse_args(common + ["--hinted_start_prob", "1", "--hinted_start_timesteps", "150", "250"], "ccd")
-    assert (args.hinted_start_prob, args.hinted_start_timesteps) == (1.0, [150, 250])
+    args = parse_args(
+        common + ["--hinted_start_prob", "1", "--hinted_start_timesteps", "150", "250", "--hinted_start_loss", loss],
+        "ccd",
+    )
+    assert (args.hinted_start_prob, args.hinted_start_timesteps, args.hinted_start_loss) == (1.0, [150, 250], loss)
     assert parse_args(common, "ccd").hinted_start_prob == 0.0  # off unless asked
+    assert parse_args(common, "ccd").hinted_start_loss == "prediction"
 
     pipe = EDNPipeline(**tiny_components())
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
@@ -780,6 +786,7 @@ def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to
         0.0,
         hinted_start_prob=1.0,
         hinted_start_timesteps=args.hinted_start_timesteps,
+        hinted_start_loss=args.hinted_start_loss,
     )
     gen = torch.Generator().manual_seed(0)
     gray = torch.rand(2, 1, 32, 32, generator=gen).expand(2, 3, 32, 32)
@@ -805,8 +812,13 @@ def test_hinted_starts_begin_where_strength_below_one_does_and_learn_the_step_to
     # the target: v such that sqrt(ᾱ)·x_t − sqrt(1 − ᾱ)·v is the photo's latent
     alpha = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = alpha.sqrt() * start_latents + (1 - alpha).sqrt() * noise
-    target = (alpha.sqrt() * x_t - photo_latents * pipe.vae.config.scaling_factor) / (1 - alpha).sqrt()
-    assert l_dif.item() == pytest.approx(torch.mean((predicted[-1] - target) ** 2).item(), rel=1e-5)
+    photo = photo_latents * pipe.vae.config.scaling_factor
+    target = (alpha.sqrt() * x_t - photo) / (1 - alpha).sqrt()
+    if loss == "prediction":
+        assert l_dif.item() == pytest.approx(torch.mean((predicted[-1] - target) ** 2).item(), rel=1e-5)
+    else:  # the clean latent the predicted v implies, against the photo's
+        x_0 = alpha.sqrt() * x_t - (1 - alpha).sqrt() * predicted[-1]
+        assert l_dif.item() == pytest.approx(torch.mean((x_0 - photo) ** 2).item(), rel=1e-4)
 
 
 def test_hinted_start_timesteps_must_end_inside_the_schedule():
@@ -821,10 +833,17 @@ def test_hinted_start_timesteps_must_end_inside_the_schedule():
         )
 
 
-def test_hinted_start_prob_reaches_the_training_step(one_step, plain_step):
+def test_hinted_start_prob_reaches_the_training_step(one_step, plain_step, tiny_sd):
+    from diffusers import DDPMScheduler
+
     hinted = one_step("--hinted_start_prob", 1, "--hinted_start_timesteps", 100, 200)
     # the same seed draws the same examples and noise: only where the examples start, and so the loss, differs
     assert logged(hinted)[1] != pytest.approx(logged(plain_step)[1], rel=1e-3)
+    # the same step weighed as clean latents: each example's error times (1 − ᾱ_t) / ᾱ_t (ε), t in [100, 200]
+    clean = one_step("--hinted_start_prob", 1, "--hinted_start_timesteps", 100, 200, "--hinted_start_loss", "clean")
+    alpha_bar = DDPMScheduler.from_pretrained(tiny_sd, subfolder="scheduler").alphas_cumprod[[100, 200]]
+    low, high = ((1 - alpha_bar) / alpha_bar).tolist()
+    assert low <= logged(clean)[1] / logged(hinted)[1] <= high
 
 
 def test_train_text_encoder_trains_it_checkpoints_it_and_resumes_with_the_same_losses(tiny_sd, photos, tmp_path):

@@ -42,11 +42,26 @@ class VQDiffusionLoss(NamedTuple):
     total: torch.Tensor
 
 
-def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean squared error between the predicted and the true noise."""
+def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 2: mean squared error between the predicted and the true noise; with ``weights`` (B,), each example's
+    squared error is weighed by its own (the mean of the weighted errors, as diffusers' min-SNR weighting)."""
     if noise_pred.shape != noise.shape:  # mse_loss would broadcast a mismatch with only a warning
         raise ValueError(f"noise_pred {tuple(noise_pred.shape)} and noise {tuple(noise.shape)} differ in shape")
-    return F.mse_loss(noise_pred, noise)
+    if weights is None:
+        return F.mse_loss(noise_pred, noise)
+    per_example = F.mse_loss(noise_pred, noise, reduction="none").mean(dim=tuple(range(1, noise.ndim)))
+    return (per_example * weights.to(per_example)).mean()
+
+
+def clean_error_weight(alphas_cumprod_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The factor (B,) that turns a squared error of the UNet's output into that of the clean latent it implies:
+    x̃_0 = sqrt(ᾱ_t)·x_t − sqrt(1 − ᾱ_t)·v, so 1 − ᾱ_t for v; x̃_0 = (x_t − sqrt(1 − ᾱ_t)·ε) / sqrt(ᾱ_t), so
+    (1 − ᾱ_t) / ᾱ_t for ε."""
+    if prediction_type == "v_prediction":
+        return 1 - alphas_cumprod_t
+    if prediction_type == "epsilon":
+        return (1 - alphas_cumprod_t) / alphas_cumprod_t
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod_t: torch.Tensor | float) -> torch.Tensor:

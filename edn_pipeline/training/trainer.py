@@ -18,7 +18,8 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
 ``--prediction_type v_prediction`` (ccd and joint stages) trains the UNet on v instead of ε and saves that in the
 exported scheduler; ``--timestep_bias_strategy`` draws some timesteps more often, as diffusers' SDXL script.
 ``--hinted_start_prob`` trains what ``strength < 1`` runs: a share of the examples starts from the latent of the
-photo as its hints colour it, noised part-way, and learns the step that lands on the photo's latent.
+photo as its hints colour it, noised part-way, and learns the step that lands on the photo's latent
+(``--hinted_start_loss clean`` weighs that step's error as the clean latent's, for starts near the schedule's end).
 ``--train_text_encoder`` (ccd and joint stages) trains the text encoder with the adapter, as diffusers' DreamBooth
 example does, for a model whose encoder was never trained on words (edn-tiny's colour terms);
 ``--train_word_embeddings`` trains only the named words' token embeddings, so prompts without them are unchanged.
@@ -58,6 +59,7 @@ from ..pipeline_edn import EDNPipeline
 from .losses import (
     ccd_loss,
     chroma_l1,
+    clean_error_weight,
     diffusion_loss,
     latent_chroma_l1,
     predicted_x0,
@@ -190,6 +192,14 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> argpa
         default=[100, 400],
         metavar=("FIRST", "LAST"),
         help="the timesteps (both included) that --hinted_start_prob noises the hint-coloured start to",
+    )
+    add(
+        "--hinted_start_loss",
+        choices=("prediction", "clean"),
+        default="prediction",
+        help="how a hinted start's error is weighed: as the UNet's output (v or ε), or as the clean latent it implies "
+        "('clean': the output's error times sqrt(1 - ᾱ_t) for v); at the few timesteps a low strength runs the "
+        "output's target grows as 1 / sqrt(1 - ᾱ_t) and would drown every other example",
     )
     add("--lambda_ccd", type=float, default=0.1, help="λ1 of Eq. 1")
     add("--lambda_vq", type=float, default=0.6, help="λ2 of Eq. 1")
@@ -341,10 +351,12 @@ class EDNTrainingModel(nn.Module):
         timestep_weights: torch.Tensor | None = None,
         hinted_start_prob: float = 0.0,
         hinted_start_timesteps: tuple[int, int] = (100, 400),
+        hinted_start_loss: str = "prediction",
     ):
         super().__init__()
         self.timestep_weights = timestep_weights  # None: uniform
         self.hinted_start_prob, self.hinted_start_timesteps = hinted_start_prob, tuple(hinted_start_timesteps)
+        self.hinted_start_loss = hinted_start_loss
         if hinted_start_prob and self.hinted_start_timesteps[1] >= noise_scheduler.config.num_train_timesteps:
             raise ValueError(
                 f"--hinted_start_timesteps {self.hinted_start_timesteps} must end below the scheduler's "
@@ -446,10 +458,13 @@ class EDNTrainingModel(nn.Module):
             eps = a.sqrt() * prediction + (1 - a).sqrt() * noisy
         else:
             raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+        weights = None
         if hinted is not None:
             toward = target_toward(scaled, noisy, alphas, scheduler.config.prediction_type)
             target = torch.where(hinted.view(-1, 1, 1, 1), toward, target)
-        l_dif = diffusion_loss(prediction, target.float())
+            if self.hinted_start_loss == "clean":
+                weights = torch.where(hinted, clean_error_weight(alphas, scheduler.config.prediction_type), 1.0)
+        l_dif = diffusion_loss(prediction, target.float(), weights)
         if self.lambda_ccd == 0:
             return l_dif, l_dif.new_zeros(())
         x0 = unscale_latents(predicted_x0(noisy, eps, alphas), self.vae.config)
@@ -1308,6 +1323,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         timestep_weights(args, noise_scheduler.config.num_train_timesteps),
         args.hinted_start_prob,
         args.hinted_start_timesteps,
+        args.hinted_start_loss,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():
