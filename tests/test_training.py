@@ -407,6 +407,10 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
             ["--stage", "ccd", "--hinted_start_prob", "0.5", "--hinted_start_timesteps", "400", "100"],
             "--hinted_start_timesteps must be FIRST LAST with 1 <= FIRST <= LAST",
         ),
+        (
+            ["--stage", "ccd", "--hinted_start_loss", "clean"],
+            "--hinted_start_loss weighs the hinted starts of --hinted_start_prob, which is 0",
+        ),
     ],
 )
 def test_hint_and_prompt_options_are_checked_before_loading(photos, capsys, extra, message):

@@ -311,6 +311,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error("--timestep_bias_portion must lie in (0, 1]")
         if not 0 <= args.timestep_bias_begin < args.timestep_bias_end:
             parser.error("--timestep_bias_begin must be at least 0 and below --timestep_bias_end")
+    if args.hinted_start_loss != "prediction" and not args.hinted_start_prob:
+        parser.error("--hinted_start_loss weighs the hinted starts of --hinted_start_prob, which is 0")
     if args.hinted_start_prob:
         if args.stage not in ("ccd", "joint"):
             parser.error("--hinted_start_prob belongs to the ccd and joint stages (the UNet's start)")
