@@ -17,6 +17,7 @@ _LAZY = {
     "CCDModel": "ccd",
     "EDNPipelineOutput": "pipeline_output",
     "EDNVideoPipeline": "video",
+    "HintPropagator": "hint_propagator",
     "LuminanceDecoder": "luminance_decoder",
 }
 _PIPELINE_MODULE = f"{__name__}.pipeline_edn"
@@ -86,6 +87,7 @@ __all__ = [
     "EDNPipeline",
     "EDNPipelineOutput",
     "EDNVideoPipeline",
+    "HintPropagator",
     "LuminanceDecoder",
 ]
 __version__ = "0.1.0"

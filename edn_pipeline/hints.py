@@ -75,11 +75,13 @@ def parse_hints(hints, image_size: tuple[int, int]) -> list[HintPoint] | np.ndar
     raise EDNInputError(f"hints must be a list of points or an RGBA hint image, got {type(hints).__name__}")
 
 
-def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def render_hints(
+    gray: np.ndarray, hints, image_size: tuple[int, int], propagator=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Propagate parsed hints over ``gray`` (h, w) at the model's working size.
 
-    Returns ``(hint_rgb, confidence)`` of :func:`propagate_hints`: (h, w, 3) and (h, w)
-    float32 in [0, 1], both zero without hints.
+    Returns ``(hint_rgb, confidence)`` of :func:`propagate_hints` (with the model's ``propagator``, if it has
+    one): (h, w, 3) and (h, w) float32 in [0, 1], both zero without hints.
     """
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2:
@@ -91,17 +93,21 @@ def render_hints(gray: np.ndarray, hints, image_size: tuple[int, int]) -> tuple[
         seed, seed_rgb = _seeds_from_image(hints, (w, h))
     else:
         seed, seed_rgb = point_seeds(hints, image_size, (w, h))
-    return propagate_hints(gray, seed, seed_rgb)
+    return propagate_hints(gray, seed, seed_rgb, propagator)
 
 
-def propagate_hints(gray: np.ndarray, seed: np.ndarray, seed_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def propagate_hints(
+    gray: np.ndarray, seed: np.ndarray, seed_rgb: np.ndarray, propagator=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Spread seed colours over ``gray`` (h, w): the hint map and confidence of the adapter's condition.
 
-    ``seed`` (h, w) bool marks hinted pixels and ``seed_rgb`` (h, w, 3) their colours in [0, 1]. The seeds'
-    colours are propagated edge-aware over the whole image (Levin et al.'s solve), at most PROPAGATION_SIDE pixels
-    on the longer side, and relit with the gray (HSL hue and saturation of the propagated colour, lightness of the
-    input; relighting after a YUV solve instead would clip bright blues to purple); seed pixels keep their own
-    colour. The confidence is 1 at the seeds and fades with edge-aware distance from them (HINT_REACH, EDGE_COST).
+    ``seed`` (h, w) bool marks hinted pixels and ``seed_rgb`` (h, w, 3) their colours in [0, 1]. With a model's
+    learned ``propagator`` (:class:`~edn_pipeline.hint_propagator.HintPropagator`) the hint map is its
+    :meth:`~edn_pipeline.hint_propagator.HintPropagator.hint_colours`. Otherwise the seeds' colours are propagated
+    edge-aware over the whole image (Levin et al.'s solve), at most PROPAGATION_SIDE pixels on the longer side,
+    and relit with the gray (HSL hue and saturation of the propagated colour, lightness of the input; relighting
+    after a YUV solve instead would clip bright blues to purple); seed pixels keep their own colour. Either way
+    the confidence is 1 at the seeds and fades with edge-aware distance from them (HINT_REACH, EDGE_COST).
     Returns ``(hint_rgb, confidence)``, (h, w, 3) and (h, w) float32 in [0, 1]; zeros without seeds.
     """
     gray = np.asarray(gray, dtype=np.float32)
@@ -118,11 +124,14 @@ def propagate_hints(gray: np.ndarray, seed: np.ndarray, seed_rgb: np.ndarray) ->
     rgba = np.concatenate([seed_rgb, seed[..., None].astype(np.float32)], axis=-1)
     small_seed, small_rgb = _seeds_from_image(np.round(rgba * 255).astype(np.uint8), small)
     small_gray = _resize(gray, small)
-    colour = propagate(small_gray, small_seed, small_rgb)
     gradient_y, gradient_x = np.gradient(small_gray.astype(np.float64))
     distance, _ = MCP_Geometric(1.0 + EDGE_COST * np.hypot(gradient_x, gradient_y)).find_costs(np.argwhere(small_seed))
     reach = np.exp(-distance / HINT_REACH)
-    colour = np.stack([_resize(colour[..., c].astype(np.float32), (w, h)) for c in range(3)], axis=-1)
+    if propagator is not None:
+        colour = propagator.hint_colours(gray, seed, seed_rgb)
+    else:
+        colour = propagate(small_gray, small_seed, small_rgb)
+        colour = np.stack([_resize(colour[..., c].astype(np.float32), (w, h)) for c in range(3)], axis=-1)
     colour[seed] = seed_rgb[seed]
     hint_rgb = relight(colour.reshape(-1, 3), gray.ravel()).reshape(h, w, 3)
     # Below 1 off the seeds: upsampling can reach 1 between seeds that were neighbours at the propagation size.

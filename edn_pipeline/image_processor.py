@@ -80,8 +80,11 @@ class EDNImageProcessor(ConfigMixin):
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
             return read_pixels(image, self.config.max_pixels)
 
-    def preprocess(self, images: list, hints: list, device: torch.device | str | None = None) -> EDNImages:
-        """The model's inputs for ``images`` (any supported input) with their ``hints`` (one entry per image).
+    def preprocess(
+        self, images: list, hints: list, device: torch.device | str | None = None, hint_propagator=None
+    ) -> EDNImages:
+        """The model's inputs for ``images`` (any supported input) with their ``hints`` (one entry per image),
+        spread by the model's ``hint_propagator`` if it has one (else by Levin et al.'s solve).
 
         Every image is read and every hint validated before any lightness is measured, so bad input fails fast.
         All images share the working size of the first one.
@@ -95,7 +98,7 @@ class EDNImageProcessor(ConfigMixin):
             l_star = lightness(image_pixels.to(device))
             gray = self.gray(l_star, work_size)
             gray_values = gray.cpu().numpy()
-            hint_rgb, confidence = render_hints(gray_values, image_hints, size)
+            hint_rgb, confidence = render_hints(gray_values, image_hints, size, hint_propagator)
             condition = torch.from_numpy(hint_condition(gray_values, hint_rgb, confidence)).permute(2, 0, 1)
             lightness_maps.append(l_star)
             grays.append(gray)

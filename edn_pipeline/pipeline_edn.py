@@ -24,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel, load_ccd
 from .errors import EDNInputError, one_line
+from .hint_propagator import HintPropagator
 from .image_processor import EDNImageProcessor
 from .latent_scale import scale_latents, unscale_latents
 from .luminance_decoder import LuminanceDecoder
@@ -93,10 +94,13 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; DDIM by default (eta 0, as the paper).
         default_strength (`float`): the ``strength`` of calls that give none, saved in ``model_index.json``: 1.0
             (the paper) for full models; a small model trained briefly may colour better from the photo's latent.
+        hint_propagator ([`HintPropagator`], *optional*): spreads the hints into the adapter's hint map; without
+            it Levin et al.'s edge-aware solve does (:func:`~edn_pipeline.hints.propagate_hints`).
     """
 
-    model_cpu_offload_seq = "text_encoder->ccd->unet->decoder"
-    _optional_components = ["vae"]  # only training and the reconstruction benchmark encode images
+    model_cpu_offload_seq = "hint_propagator->text_encoder->ccd->unet->decoder"
+    # vae: only training and the reconstruction benchmark encode images; hint_propagator: Levin's solve instead
+    _optional_components = ["vae", "hint_propagator"]
     _exclude_from_cpu_offload = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "condition"]
 
@@ -110,6 +114,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         decoder: LuminanceDecoder,
         scheduler: KarrasDiffusionSchedulers,
         default_strength: float = 1.0,
+        hint_propagator: HintPropagator | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -120,6 +125,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             ccd=ccd,
             decoder=decoder,
             scheduler=scheduler,
+            hint_propagator=hint_propagator,
         )
         self.register_to_config(default_strength=default_strength)
         self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
@@ -685,7 +691,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         device = self._execution_device
 
         # 2. Read the images and hints: each input's L*, the gray images and the adapter's condition
-        inputs = self.image_processor.preprocess(images, per_image_hints, device)
+        inputs = self.image_processor.preprocess(images, per_image_hints, device, self.hint_propagator)
         repeat = batch_size // len(images)
         lightness = inputs.lightness * repeat
         gray, condition = inputs.gray.repeat(repeat, 1, 1, 1), inputs.condition.repeat(repeat, 1, 1, 1)

@@ -13,7 +13,7 @@ from conftest import seeded
 from diffusers import ControlNetModel, DiffusionPipeline
 from huggingface_hub import ModelCard
 
-from edn_pipeline import CCDModel, EDNPipeline
+from edn_pipeline import CCDModel, EDNPipeline, HintPropagator
 from edn_pipeline.commands.edn_cli import main
 from edn_pipeline.testing_utils import tiny_components, tiny_stable_diffusion
 from edn_pipeline.training.model_card import render_model_card
@@ -38,7 +38,8 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    EDNPipeline(**tiny_components(vq_decoder=True)).save_pretrained(root / "model")
+    propagator = HintPropagator(channels=8, embedding_dim=4, dilations=(1, 2))
+    EDNPipeline(**tiny_components(vq_decoder=True), hint_propagator=propagator).save_pretrained(root / "model")
     assert main(["export-hub", str(root / "model"), str(root / "repo")]) == 0
     return root
 
@@ -73,10 +74,12 @@ def test_exported_index_names_the_custom_code(exported):
     assert index["_class_name"] == ["edn_remote_pipeline_edn", "EDNPipeline"]
     assert index["ccd"] == ["edn_remote_ccd", "CCDModel"]
     assert index["decoder"] == ["edn_remote_luminance_decoder", "LuminanceDecoder"]
+    assert index["hint_propagator"] == ["edn_remote_hint_propagator", "HintPropagator"]
     for folder, entry in (
         (".", "edn_remote_pipeline_edn.py"),
         ("ccd", "edn_remote_ccd.py"),
         ("decoder", "edn_remote_luminance_decoder.py"),
+        ("hint_propagator", "edn_remote_hint_propagator.py"),
     ):
         assert (exported / "repo" / folder / entry).is_file()
 

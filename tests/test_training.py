@@ -188,6 +188,23 @@ def test_refiner_stage_trains_only_the_token_refiner(tiny_sd, photos, tmp_path):
     assert changed and all(name.startswith("refiner.") for name in changed)
 
 
+def test_propagator_stage_adds_and_trains_only_the_hint_propagator(photos, tmp_path):
+    start, out = tmp_path / "edn", tmp_path / "propagator"
+    EDNPipeline(**tiny_components()).save_pretrained(start)
+    train(
+        "train_edn.py", start, photos, out, "--stage", "propagator", "--max_train_steps", 30, "--learning_rate", 3e-3
+    )
+    losses = logged(out, "propagation")
+    assert len(losses) == 30 and not logged(out, "diffusion")
+    early, late = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(26, 31)])
+    assert late < early
+    before, after = EDNPipeline.from_pretrained(start), EDNPipeline.from_pretrained(out)
+    assert before.hint_propagator is None and after.hint_propagator is not None
+    for name in ("unet", "ccd", "decoder", "text_encoder"):
+        old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
+        assert all(torch.equal(old[k], new[k]) for k in old), name
+
+
 def test_the_refiner_stage_needs_a_refiner(tiny_sd, photos, tmp_path):
     with pytest.raises(AssertionError, match="needs a decoder with a token refiner"):
         train("train_edn.py", tiny_sd, photos, tmp_path / "out", "--stage", "refiner", "--max_train_steps", 1)

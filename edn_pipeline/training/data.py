@@ -242,6 +242,8 @@ class TrainingExampleTransform:
         generic_prompts: the generic prompts, drawn uniformly.
         seed: base seed of all per-example randomness.
         center_crop: centre crop (default, as diffusers' training scripts) or a random crop.
+        hint_propagator: the model's learned :class:`~edn_pipeline.hint_propagator.HintPropagator`, if it has
+            one: hints are then spread by it, as the pipeline spreads a user's.
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class TrainingExampleTransform:
         center_crop: bool = True,
         n_segments: int = TRAIN_SLIC_SEGMENTS,
         n_colors: int = TRAIN_N_COLORS,
+        hint_propagator=None,
     ):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise EDNInputError(f"resolution must be a positive integer, got {resolution!r}")
@@ -290,6 +293,7 @@ class TrainingExampleTransform:
         self.center_crop = bool(center_crop)
         self.n_segments = int(n_segments)
         self.n_colors = int(n_colors)
+        self.hint_propagator = hint_propagator
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -340,6 +344,7 @@ class TrainingExampleTransform:
             max_points=self.max_hint_points,
             n_segments=self.n_segments,
             n_colors=self.n_colors,
+            propagator=self.hint_propagator,
         )
         condition = hint_condition(gray, hint_rgb, mask)
 

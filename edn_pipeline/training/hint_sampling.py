@@ -111,6 +111,7 @@ def sample_training_hints(
     max_points: int = MAX_HINT_POINTS,
     n_segments: int = TRAIN_SLIC_SEGMENTS,
     n_colors: int = TRAIN_N_COLORS,
+    propagator=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample the colour hints of one training example.
 
@@ -118,7 +119,8 @@ def sample_training_hints(
     ``point_hint_prob``, 1 to ``max_points`` points (log-uniform count, uniform positions, each with the
     ground truth's colour at its pixel); else the paper's regions: a fraction drawn uniformly from
     ``hint_ratio`` of the SLIC superpixels of ``rgb`` (see :func:`quantized_superpixels`), each with its
-    quantised colour. The seeds are spread by :func:`~edn_pipeline.hints.propagate_hints`, as at inference.
+    quantised colour. The seeds are spread by :func:`~edn_pipeline.hints.propagate_hints` (with the model's
+    learned ``propagator``, if it has one), as at inference.
 
     Args:
         rgb: (H, W, 3) ground-truth colour image, float in [0, 1].
@@ -141,7 +143,7 @@ def sample_training_hints(
     seed = np.zeros((h, w), bool)
     seed_rgb = np.zeros((h, w, 3), np.float32)
     if rng.random() < no_hint_prob:
-        return propagate_hints(gray, seed, seed_rgb)
+        return propagate_hints(gray, seed, seed_rgb, propagator)
     if rng.random() < point_hint_prob:
         count = int(np.exp(rng.uniform(0.0, np.log(max_points + 1))))
         xs, ys = rng.integers(0, w, count), rng.integers(0, h, count)
@@ -149,7 +151,7 @@ def sample_training_hints(
             HintPoint(x + 0.5, y + 0.5, tuple(int(c) for c in np.round(rgb[y, x] * 255))) for x, y in zip(xs, ys)
         ]
         seed, seed_rgb = point_seeds(points, (w, h), (w, h))
-        return propagate_hints(gray, seed, seed_rgb)
+        return propagate_hints(gray, seed, seed_rgb, propagator)
 
     labels, colours = quantized_superpixels(rgb, n_segments, n_colors)
     n = len(colours)
@@ -159,7 +161,7 @@ def sample_training_hints(
         kept[rng.choice(n, size=n_kept, replace=False)] = True
     seed = kept[labels]
     seed_rgb[seed] = colours[labels[seed]]
-    return propagate_hints(gray, seed, seed_rgb)
+    return propagate_hints(gray, seed, seed_rgb, propagator)
 
 
 def _kept_count(n: int, ratio: float, low: float, high: float) -> int:

@@ -19,7 +19,8 @@ from ..files import atomic_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the shipped model: modules that import each other as ``from .x``
 PIPELINE_MODULE = "pipeline_edn"
-CUSTOM_COMPONENTS = {"ccd": "ccd", "decoder": "luminance_decoder"}  # component -> the module defining its class
+# component -> the module defining its class (a model without the optional hint_propagator has none to write)
+CUSTOM_COMPONENTS = {"ccd": "ccd", "decoder": "luminance_decoder", "hint_propagator": "hint_propagator"}
 ENTRY_PREFIX = "edn_remote_"
 
 
@@ -70,6 +71,8 @@ def export_hub(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path
         index = json.loads(index_path.read_text())
         index["_class_name"] = [write_code(PIPELINE_MODULE, type(pipe).__name__, staging), type(pipe).__name__]
         for component, module in CUSTOM_COMPONENTS.items():
+            if getattr(pipe, component) is None:
+                continue
             class_name = type(getattr(pipe, component)).__name__
             index[component] = [write_code(module, class_name, staging / component), class_name]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -8,6 +8,10 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   ``λ2·L_VQ-Dif`` for its token refiner;
 * ``--stage refiner`` trains only the decoder's token refiner (``L_VQ-Dif``), everything else frozen: it runs at
   the latent size, so many more steps fit than in the decoder stage, whose reconstruction decodes every image;
+* ``--stage propagator`` trains the learned hint propagator
+  (:class:`~edn_pipeline.hint_propagator.HintPropagator`, made new if the model has none) to give every pixel the
+  ground truth's a*b* from 1 to ``--max_hint_points`` ground-truth points, everything else unused; the CCD stages
+  then spread their training hints with it, as the pipeline spreads a user's;
 * ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction);
 * ``--stage vae`` trains the autoencoder itself (L1 + a small KL term), for a model without a pretrained SD
   such as edn-tiny, and sets the VAE's ``scaling_factor`` to 1 / std of its latents, as SD's was. With
@@ -31,6 +35,7 @@ drawn from a generator seeded by (seed, epoch, step, process), so a resumed run 
 """
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -53,7 +58,9 @@ except ImportError as error:  # the colourising install leaves the training depe
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
 from ..errors import EDNInputError
+from ..hint_propagator import CHROMA_SCALE, HintPropagator
 from ..latent_scale import scale_latents, unscale_latents
+from ..luminance import lab_chroma
 from ..mask_and_replace import q_sample
 from ..pipeline_edn import EDNPipeline
 from .losses import (
@@ -68,7 +75,7 @@ from .losses import (
     vq_diffusion_loss,
 )
 
-STAGES = ("vae", "ccd", "decoder", "refiner", "joint")
+STAGES = ("vae", "ccd", "decoder", "refiner", "joint", "propagator")
 CHECKPOINT_PREFIX = "checkpoint-"
 LORA_WEIGHTS = "unet_lora.safetensors"
 
@@ -354,8 +361,10 @@ class EDNTrainingModel(nn.Module):
         hinted_start_prob: float = 0.0,
         hinted_start_timesteps: tuple[int, int] = (100, 400),
         hinted_start_loss: str = "prediction",
+        max_points: int = 50,
     ):
         super().__init__()
+        self.max_points = max_points
         self.timestep_weights = timestep_weights  # None: uniform
         self.hinted_start_prob, self.hinted_start_timesteps = hinted_start_prob, tuple(hinted_start_timesteps)
         self.hinted_start_loss = hinted_start_loss
@@ -368,6 +377,7 @@ class EDNTrainingModel(nn.Module):
         self.latent_chroma_weight = latent_chroma_weight
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
+        self.hint_propagator = pipe.hint_propagator
         self.noise_scheduler = noise_scheduler
         self.stage = stage
         self.lambda_ccd, self.lambda_vq, self.vq_aux_weight = lambda_ccd, lambda_vq, vq_aux_weight
@@ -375,6 +385,8 @@ class EDNTrainingModel(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.stage == "vae":
             return self.vae_losses(batch["pixel_values"], batch["gray_values"], generator)
+        if self.stage == "propagator":
+            return self.propagator_losses(batch["pixel_values"], batch["gray_values"], generator)
         pixels, gray = batch.get("pixel_values"), batch.get("gray_values")  # absent from cached views
         with torch.no_grad():
             latents = latent_posterior(self.vae, batch).sample(generator).float()
@@ -395,6 +407,25 @@ class EDNTrainingModel(nn.Module):
             losses.update(vq_diffusion=l_vq)
         losses["loss"] = total_loss(l_dif, l_ccd, l_vq, self.lambda_ccd, self.lambda_vq) + extra
         return losses
+
+    def propagator_losses(self, pixels, gray, generator):
+        """MSE of the propagated a*b* (in units of 100) against the photo's, from 1 to ``max_points`` of its pixels
+        as hints (log-uniform count, uniform positions: as :func:`~edn_pipeline.training.hint_sampling.
+        sample_training_hints` draws points)."""
+        batch, _, height, width = pixels.shape
+        chroma = lab_chroma((pixels.float() + 1) / 2)
+        counts = torch.exp(
+            torch.rand(batch, generator=generator, device=pixels.device) * math.log(self.max_points + 1)
+        )
+        counts = counts.long().clamp(1, self.max_points)
+        valid = torch.arange(self.max_points, device=pixels.device)[None] < counts[:, None]
+        size = torch.tensor([height, width], device=pixels.device)
+        positions = (torch.rand(batch, self.max_points, 2, generator=generator, device=pixels.device) * size).long()
+        flat = (positions[..., 0] * width + positions[..., 1])[:, None].expand(-1, 2, -1)
+        colours = chroma.flatten(2).gather(2, flat).transpose(1, 2)
+        predicted = self.hint_propagator((gray.float() + 1) / 2, positions, colours, valid)
+        loss = F.mse_loss(predicted / CHROMA_SCALE, chroma / CHROMA_SCALE)
+        return {"propagation": loss, "loss": loss}
 
     def vae_losses(self, pixels, gray, generator):
         """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*, and ``latent_chroma_weight`` times the
@@ -692,9 +723,14 @@ def trainable_modules(
     train_text_encoder: bool = False,
 ) -> dict[str, nn.Module]:
     """Freeze what the stage keeps fixed; return the trained components by name."""
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
-        module.requires_grad_(False)
+    if stage == "propagator" and pipe.hint_propagator is None:
+        pipe.register_modules(hint_propagator=HintPropagator())
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder, pipe.hint_propagator):
+        if module is not None:
+            module.requires_grad_(False)
     trained = {}
+    if stage == "propagator":
+        trained["hint_propagator"] = pipe.hint_propagator
     if stage == "vae":
         trained["vae"] = pipe.vae
         if vae_decoder == "luminance":
@@ -799,7 +835,9 @@ def place_components(pipe, trained: dict[str, nn.Module], lora: bool, accelerato
     """Every component on the accelerator's device, the frozen ones in the mixed-precision dtype (trained ones stay
     float32); returns that dtype."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for name in ("vae", "text_encoder", "unet", "ccd", "decoder"):
+    for name in ("vae", "text_encoder", "unet", "ccd", "decoder", "hint_propagator"):
+        if getattr(pipe, name) is None:
+            continue
         module = getattr(pipe, name).to(accelerator.device)
         if name not in trained and not (name == "unet" and lora) and module.dtype != weight_dtype:
             module.to(dtype=weight_dtype)
@@ -816,25 +854,30 @@ def ema_models(trained: dict[str, nn.Module], decay: float) -> dict[str, EMAMode
     }
 
 
-def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerator, vae):
+def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerator, vae, hint_propagator=None):
     """What the loop sets each epoch on (the examples' transform, or with ``--cache_views`` the cached views, made
-    first by the main process with ``vae``) and the DataLoader of the transformed ``dataset``."""
+    first by the main process with ``vae``) and the DataLoader of the transformed ``dataset``. The stages that
+    read hints spread them with the model's ``hint_propagator`` (a frozen CPU copy, for the loader's workers)."""
     from .data import TrainingExampleTransform, collate_fn, with_training_transform
     from .latent_cache import cache_views
 
+    uses_hints = args.stage in ("ccd", "joint")
+    if hint_propagator is not None and uses_hints:
+        hint_propagator = copy.deepcopy(hint_propagator).to("cpu").eval().requires_grad_(False)
     transform = TrainingExampleTransform(
         resolution=args.resolution,
         tokenizer=tokenizer,
         image_column=args.image_column,
         caption_column=args.caption_column,
         hint_ratio=tuple(args.hint_ratio),
-        no_hint_prob=args.no_hint_prob if args.stage in ("ccd", "joint") else 1.0,  # no hints where unused
+        no_hint_prob=args.no_hint_prob if uses_hints else 1.0,  # no hints where unused
         point_hint_prob=args.point_hint_prob,
         max_hint_points=args.max_hint_points,
         generic_prompt_prob=args.generic_prompt_prob,
         proportion_empty_prompts=args.proportion_empty_prompts,
         seed=args.seed,
         center_crop=not args.random_crop,
+        hint_propagator=hint_propagator if uses_hints else None,
     )
     if args.cache_views:
         with accelerator.main_process_first():
@@ -1224,8 +1267,9 @@ def export_pipeline(pipe, trained, ema, lora: bool, output_dir: str, card) -> No
     if lora:
         pipe.unet.fuse_lora()
         pipe.unet.unload_lora()
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder):
-        module.eval()
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder, pipe.hint_propagator):
+        if module is not None:
+            module.eval()
     staging = Path(output_dir, ".export.tmp")
     if staging.exists():
         shutil.rmtree(staging)
@@ -1298,7 +1342,9 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
     weight_dtype = place_components(pipe, trained, lora, accelerator)
     ema = ema_models(trained, args.ema_decay) if args.use_ema else {}
     register_checkpoint_hooks(accelerator, trained, pipe.unet, lora, ema)
-    transform, dataloader = training_dataloader(dataset, pipe.tokenizer, args, accelerator, pipe.vae)
+    transform, dataloader = training_dataloader(
+        dataset, pipe.tokenizer, args, accelerator, pipe.vae, pipe.hint_propagator
+    )
     if new_codebook:
         init_codebook_from_data(pipe, dataloader, args.seed)
     if args.per_channel_latents:
@@ -1326,6 +1372,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> None:
         args.hinted_start_prob,
         args.hinted_start_timesteps,
         args.hinted_start_loss,
+        args.max_hint_points,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     for averaged in ema.values():

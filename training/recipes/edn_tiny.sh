@@ -162,10 +162,21 @@ timed words 500 16 "${LAUNCH[@]}" training/train_ccd.py --pretrained_model_name_
   --point_hint_prob 0.5 --generic_prompt_prob 0.3 --proportion_empty_prompts 0.1 --hinted_start_prob 0.5 \
   --hinted_start_timesteps 100 400
 
+# 3g. the learned hint propagator (--stage propagator), every other network frozen: a small convolutional network
+#    embeds every pixel of the gray image and each pixel takes the hints' a*b* weighted by how alike its embedding is
+#    to theirs, or stays neutral; it replaces Levin's solve in the adapter's hint map (same confidence channel, same
+#    relighting). It never sees a colour, only which pixels belong together, so it learns from these photos what
+#    carries over to others, where the colour prior of the stages above memorised them. 96 px crops (about the
+#    scale of a whole photo at the 128 px working size). The shipped run started from the package's edn-tiny, which
+#    is stage 3f's output in float16.
+timed propagator 1000 16 "${LAUNCH[@]}" training/train_edn.py --stage propagator \
+  --pretrained_model_name_or_path "$WORK/words" --output_dir "$WORK/propagator" "${COMMON[@]}" --resolution 96 \
+  --train_batch_size 16 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 1000
+
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
 #    run from the photo as its hints colour it, with no hints and with 10; on the model as it ships (float16 weights,
 #    token refinement off)
-python training/recipes/ship_tiny.py --model "$WORK/words" --default-strength 1.0 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/propagator" --default-strength 1.0 --vq-inference-steps 0 \
   --out "$WORK/candidate"
 mkdir -p "$WORK/tuning"
 for photo in $(ls "$PHOTOS"/bsds500-train/*.jpg | head -12); do ln -sf "$(realpath "$photo")" "$WORK/tuning/"; done
@@ -181,7 +192,7 @@ done
 #    cannot (0.05 28.14, 0.1 28.05, 0.2 27.31, 0.3 26.92, 0.5 26.50). Before stage 3e, at 20 steps:
 #    0.05 28.13, 0.1 28.01, 0.2 27.87, 0.3 27.75, 0.5 27.45; before stage 3d 28.13, 28.07, 28.00, 27.90, 27.51; before
 #    stage 3c 28.10, 27.81, 27.49, 27.19, 26.43. The decoder is stage 3b's, which every later stage carried.
-python training/recipes/ship_tiny.py --model "$WORK/words" --default-strength 0.05 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/propagator" --default-strength 0.05 --vq-inference-steps 0 \
   --out edn_pipeline/edn-tiny
 
 # 6. the figures of its model card (held-out photos): the table, the hint curve and the before/after grid
