@@ -186,8 +186,8 @@ for strength in 0.05 0.1 0.15; do
 done
 
 # 5. into the package (float16 diffusers weights, loaded back as float32), where `edn colorize` finds it, with the
-#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.25 dB, 0.1 28.06,
-#    0.15 27.76). Step 4 runs 50 steps, the pipeline's default, since stage 3e: at 0.05 that is two steps, from
+#    strength of the highest mean PSNR over K=0 and K=10 in step 4 (the shipped run: 0.05 28.46 dB, 0.1 28.28,
+#    0.15 27.99; before stage 3g 28.25, 28.06, 27.76). Step 4 runs 50 steps, the pipeline's default, since stage 3e: at 0.05 that is two steps, from
 #    t = 21, where the trained step now corrects the start; at 20 steps it would be one step from t = 1, where it
 #    cannot (0.05 28.14, 0.1 28.05, 0.2 27.31, 0.3 26.92, 0.5 26.50). Before stage 3e, at 20 steps:
 #    0.05 28.13, 0.1 28.01, 0.2 27.87, 0.3 27.75, 0.5 27.45; before stage 3d 28.13, 28.07, 28.00, 27.90, 27.51; before
