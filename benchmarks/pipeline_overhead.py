@@ -121,11 +121,12 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
         decode_s = median_seconds(decode, args.repeats)
         photo = decode()
     processor = edn.image_processor
-    inputs = processor.preprocess([photo], [hints], device)
+    propagator = edn.hint_propagator  # the model's learned hint propagation, if it has one, as the pipeline runs it
+    inputs = processor.preprocess([photo], [hints], device, propagator)
     # A decoded image with a photo's colours (random pixels would put most of them outside the gamut).
     colours = np.asarray(PIL.Image.fromarray(data.astronaut()).resize((work_w, work_h)), np.float32) / 255
     decoded = torch.from_numpy(colours).permute(2, 0, 1)[None].to(device)
-    pre_s = median_seconds(lambda: processor.preprocess([photo], [hints], device), args.repeats)
+    pre_s = median_seconds(lambda: processor.preprocess([photo], [hints], device, propagator), args.repeats)
     post_s = median_seconds(lambda: processor.postprocess(decoded, inputs.lightness, "pil"), args.repeats)
     base_photo = GRAY_PHOTO.resize(BASE_SIZE, PIL.Image.Resampling.BICUBIC)
     base_hints = point_hints(BASE_SIZE, args.hints)
