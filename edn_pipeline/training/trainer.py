@@ -280,9 +280,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--resolution must be a multiple of 8")
     if args.train_unet and args.train_unet_lora:
         parser.error("--train_unet and --train_unet_lora exclude each other")
-    if args.stage in ("decoder", "refiner", "vae") and (args.train_unet or args.train_unet_lora):
+    if args.stage in ("decoder", "refiner", "vae", "propagator") and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
-    if args.stage in ("decoder", "refiner", "vae") and (args.train_text_encoder or args.train_word_embeddings):
+    if args.stage in ("decoder", "refiner", "vae", "propagator") and (
+        args.train_text_encoder or args.train_word_embeddings
+    ):
         parser.error(f"the {args.stage} stage does not train the text encoder")
     others = args.train_unet or args.train_unet_lora or args.train_text_encoder or args.ccd_condition_init != "keep"
     if args.train_word_embeddings and others:
@@ -863,7 +865,7 @@ def training_dataloader(dataset, tokenizer, args: argparse.Namespace, accelerato
 
     uses_hints = args.stage in ("ccd", "joint")
     if hint_propagator is not None and uses_hints:
-        hint_propagator = copy.deepcopy(hint_propagator).to("cpu").eval().requires_grad_(False)
+        hint_propagator = copy.deepcopy(hint_propagator).to("cpu", torch.float32).eval().requires_grad_(False)
     transform = TrainingExampleTransform(
         resolution=args.resolution,
         tokenizer=tokenizer,
