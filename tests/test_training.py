@@ -388,7 +388,10 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
         (["--stage", "ccd", "--max_hint_points", "0"], "--max_hint_points must be at least 1"),
         (["--stage", "propagator", "--train_unet"], "the propagator stage does not train the UNet"),
         (["--stage", "propagator", "--train_text_encoder"], "the propagator stage does not train the text encoder"),
-        (["--stage", "propagator", "--cache_views", "2"], "--cache_views stores latents, not pixels"),
+        (
+            ["--stage", "propagator", "--cache_views", "2"],
+            "--cache_views stores latents, not pixels: it needs the ccd stage, --lambda_ccd 0 and no --streaming",
+        ),
         (
             ["--stage", "decoder", "--prediction_type", "v_prediction"],
             "--prediction_type belongs to the ccd and joint stages (the UNet's target)",
