@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from skimage.color import lab2rgb, rgb2lab
+from skimage.color import lab2rgb
 from torch import nn
+
+from .luminance import chroma, to_lightness
 
 # Hints attended to per image: every hinted pixel of a click or two, an even subsample of a painted hint image or
 # the training's superpixel regions (thousands of pixels), where more would only repeat the same colours.
@@ -87,17 +89,16 @@ class HintPropagator(ModelMixin, ConfigMixin):
         if len(rows) > MAX_SEEDS:  # evenly spaced, so the same hints always give the same map
             keep = np.linspace(0, len(rows) - 1, MAX_SEEDS).round().astype(int)
             rows, columns = rows[keep], columns[keep]
-        colours = rgb2lab(seed_rgb[rows, columns][None].astype(np.float64))[0, :, 1:]
+        colours = chroma(seed_rgb[rows, columns][None])[0]  # a*b* as the propagator stage computes its targets
         parameter = next(self.parameters())
-        chroma = self(
+        propagated = self(
             torch.from_numpy(np.asarray(gray, np.float32))[None, None].to(parameter),
             torch.from_numpy(np.stack([rows, columns], 1))[None].to(parameter.device),
             torch.from_numpy(colours)[None].to(parameter),
             torch.ones(1, len(rows), dtype=torch.bool, device=parameter.device),
         )[0]
-        # The neutral gray with the gray's value has the gray's L*: a* = b* = 0 there.
-        lightness = rgb2lab(np.repeat(np.asarray(gray, np.float64)[..., None], 3, axis=-1))[..., :1]
-        lab = np.concatenate([lightness, chroma.permute(1, 2, 0).double().cpu().numpy()], axis=-1)
+        lightness = to_lightness(np.asarray(gray, np.float32))[..., None]
+        lab = np.concatenate([lightness, propagated.permute(1, 2, 0).cpu().numpy()], axis=-1).astype(np.float64)
         with warnings.catch_warnings():  # skimage warns of the negative Z it clips, for colours outside sRGB
             warnings.simplefilter("ignore", UserWarning)
             return np.clip(lab2rgb(lab), 0.0, 1.0).astype(np.float32)
