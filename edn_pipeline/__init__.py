@@ -19,6 +19,7 @@ _LAZY = {
     "EDNVideoPipeline": "video",
     "HintPropagator": "hint_propagator",
     "LuminanceDecoder": "luminance_decoder",
+    "PalettePrior": "palette_prior",
 }
 _PIPELINE_MODULE = f"{__name__}.pipeline_edn"
 

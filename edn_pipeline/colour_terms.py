@@ -11,12 +11,14 @@ CIELAB (ΔE*ab); the prototypes are focal colours in sRGB, so the same rule work
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from skimage.color import rgb2lab
 
 from .errors import EDNInputError
 
-__all__ = ["BASIC_COLOUR_TERMS", "CHROMATIC_TERMS", "colour_caption", "colour_terms", "term_chroma"]
+__all__ = ["BASIC_COLOUR_TERMS", "CHROMATIC_TERMS", "colour_caption", "colour_terms", "named_terms", "term_chroma"]
 
 # Focal sRGB colour of each term (Berlin & Kay's eleven basic terms).
 _PROTOTYPES = {
@@ -40,6 +42,8 @@ _THUMBNAIL_PIXELS = 64 * 64
 # A term is named when it covers at least this share of the photo; at most this many terms are named.
 MIN_SHARE = 0.1
 MAX_TERMS = 2
+# Spellings a prompt may use for a term.
+_SPELLINGS = {"grey": "gray"}
 
 
 def term_chroma(term: str) -> np.ndarray:
@@ -78,3 +82,12 @@ def colour_caption(subject: str, terms: list[str]) -> str:
     if not terms:
         return subject
     return f"{subject}, mostly {' and '.join(terms)}"
+
+
+def named_terms(prompt: str) -> list[str]:
+    """The basic colour terms ``prompt`` names as whole words ("grey" for gray), in order, each once.
+
+    Whole words only, so "colored" or "reddish" name nothing; "an orange" names orange, as a caption would.
+    """
+    words = (_SPELLINGS.get(word, word) for word in re.findall(r"[a-z]+", prompt.lower()))
+    return list(dict.fromkeys(word for word in words if word in _PROTOTYPES))

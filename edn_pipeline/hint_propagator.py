@@ -16,12 +16,12 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from skimage.color import lab2rgb
 from torch import nn
 
+from .gray_trunk import GrayTrunk
 from .luminance import chroma, to_lightness
 
 # Hints attended to per image: every hinted pixel of a click or two, an even subsample of a painted hint image or
@@ -37,16 +37,13 @@ class HintPropagator(ModelMixin, ConfigMixin):
     Args:
         channels (`int`): width of the convolutional trunk.
         embedding_dim (`int`): size of the per-pixel embedding compared between pixels and hints.
-        dilations (`tuple[int]`): one residual 3×3 convolution per entry, with that dilation (together they see
-            about 65 pixels across, half the 128 px working size of edn-tiny).
+        dilations (`tuple[int]`): the dilations of the :class:`~edn_pipeline.gray_trunk.GrayTrunk`'s convolutions.
     """
 
     @register_to_config
     def __init__(self, channels: int = 48, embedding_dim: int = 16, dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1)):
         super().__init__()
-        self.conv_in = nn.Conv2d(1, channels, 3, padding=1)
-        self.blocks = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in dilations)
-        self.norms = nn.ModuleList(nn.GroupNorm(8, channels) for _ in dilations)
+        self.trunk = GrayTrunk(channels, dilations)
         # The embedding, then one logit per pixel for "no hint applies here" (the neutral option).
         self.conv_out = nn.Conv2d(channels, embedding_dim + 1, 1)
         self.log_sharpness = nn.Parameter(torch.tensor(0.0))  # how fast weight falls with embedding distance
@@ -58,10 +55,7 @@ class HintPropagator(ModelMixin, ConfigMixin):
         """a*b* (B, 2, h, w) from the gray images (B, 1, h, w) in [0, 1] and K hints per image: ``positions``
         (B, K, 2) as (row, column), ``colours`` (B, K, 2) their a*b*, ``valid`` (B, K) which of the K are hints."""
         batch, _, height, width = gray.shape
-        hidden = F.gelu(self.conv_in(gray - 0.5))
-        for conv, norm in zip(self.blocks, self.norms):
-            hidden = hidden + conv(F.gelu(norm(hidden)))
-        out = self.conv_out(hidden).flatten(2)
+        out = self.conv_out(self.trunk(gray)).flatten(2)
         dim = self.config.embedding_dim
         embedding, neutral = out[:, :dim], out[:, dim:]
         flat = positions[..., 0] * width + positions[..., 1]

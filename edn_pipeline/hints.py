@@ -42,6 +42,9 @@ PROPAGATION_SIDE = 64
 HINT_REACH = 10.0
 # Each step's cost is 1 + EDGE_COST · |∇gray|: crossing a black-to-white edge counts as EDGE_COST pixels.
 EDGE_COST = 50.0
+# The confidence channel of a colour-word map (render_palette): a guess from words, not a click. The adapter reads
+# such a map alike at 0.3 and 1.0 (19 training-split photos, the oracle map: 28.63 against 28.64 dB).
+PALETTE_CONFIDENCE = 0.5
 
 _POINT_KEYS = {"x", "y", "color", "radius"}
 
@@ -94,6 +97,17 @@ def render_hints(
     else:
         seed, seed_rgb = point_seeds(hints, image_size, (w, h))
     return propagate_hints(gray, seed, seed_rgb, propagator)
+
+
+def render_palette(gray: np.ndarray, terms: list[str], palette_prior) -> tuple[np.ndarray, np.ndarray]:
+    """The hint map of a prompt's colour words: the ``palette_prior``'s
+    (:class:`~edn_pipeline.palette_prior.PalettePrior`) placement of the basic colour ``terms`` over ``gray``
+    (h, w), relit like hints, at confidence PALETTE_CONFIDENCE everywhere. Returns ``(hint_rgb, confidence)`` as
+    :func:`render_hints` does."""
+    gray = np.asarray(gray, dtype=np.float32)
+    colours = palette_prior.hint_colours(gray, terms)
+    hint_rgb = relight(colours.reshape(-1, 3), gray.ravel()).reshape(colours.shape)
+    return hint_rgb, np.full(gray.shape, PALETTE_CONFIDENCE, np.float32)
 
 
 def propagate_hints(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .errors import EDNInputError
-from .hints import hint_condition, parse_hints, render_hints
+from .hints import hint_condition, parse_hints, render_hints, render_palette
 from .luminance import compose, lab_chroma, lightness, luminance_to_gray, read_pixels
 
 # The largest input accepted, checked from the file's header before decoding: an A4 page scanned at 1,000 dpi is
@@ -104,6 +104,14 @@ class EDNImageProcessor(ConfigMixin):
             grays.append(gray)
             conditions.append(condition.to(gray.device))
         return EDNImages(lightness_maps, torch.stack(grays)[:, None], torch.stack(conditions))
+
+    @staticmethod
+    def palette_condition(gray: torch.Tensor, terms: list[str], palette_prior) -> torch.Tensor:
+        """The adapter's condition (7, h, w) for a gray image (1, h, w) without hints whose prompt names the colour
+        ``terms``: the model's ``palette_prior`` places them where a hint map would go (:func:`render_palette`)."""
+        gray_values = gray[0].cpu().numpy()
+        hint_rgb, confidence = render_palette(gray_values, terms, palette_prior)
+        return torch.from_numpy(hint_condition(gray_values, hint_rgb, confidence)).permute(2, 0, 1).to(gray.device)
 
     @staticmethod
     def gray(l_star: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

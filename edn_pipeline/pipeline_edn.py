@@ -23,11 +23,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel, load_ccd
+from .colour_terms import named_terms
 from .errors import EDNInputError, one_line
 from .hint_propagator import HintPropagator
 from .image_processor import EDNImageProcessor
 from .latent_scale import scale_latents, unscale_latents
 from .luminance_decoder import LuminanceDecoder
+from .palette_prior import PalettePrior
 from .pipeline_output import EDNPipelineOutput
 
 # The generic prompts EDN is trained with in place of captions (paper §2.1); used when no prompt is given.
@@ -96,11 +98,15 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             (the paper) for full models; a small model trained briefly may colour better from the photo's latent.
         hint_propagator ([`HintPropagator`], *optional*): spreads the hints into the adapter's hint map; without
             it Levin et al.'s edge-aware solve does (:func:`~edn_pipeline.hints.propagate_hints`).
+        palette_prior ([`PalettePrior`], *optional*): for an image without hints whose prompt names basic colour
+            terms ("a photo, mostly blue and green"), places those colours in the adapter's hint map; without it
+            colour words act through the text encoder alone.
     """
 
-    model_cpu_offload_seq = "hint_propagator->text_encoder->ccd->unet->decoder"
-    # vae: only training and the reconstruction benchmark encode images; hint_propagator: Levin's solve instead
-    _optional_components = ["vae", "hint_propagator"]
+    model_cpu_offload_seq = "hint_propagator->palette_prior->text_encoder->ccd->unet->decoder"
+    # vae: only training and the reconstruction benchmark encode images; hint_propagator: Levin's solve instead;
+    # palette_prior: colour words through the text encoder alone
+    _optional_components = ["vae", "hint_propagator", "palette_prior"]
     _exclude_from_cpu_offload = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "condition"]
 
@@ -115,6 +121,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
         scheduler: KarrasDiffusionSchedulers,
         default_strength: float = 1.0,
         hint_propagator: HintPropagator | None = None,
+        palette_prior: PalettePrior | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -126,6 +133,7 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             decoder=decoder,
             scheduler=scheduler,
             hint_propagator=hint_propagator,
+            palette_prior=palette_prior,
         )
         self.register_to_config(default_strength=default_strength)
         self.vae_scale_factor = self.decoder.scale_factor if self.decoder is not None else 8
@@ -705,6 +713,12 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             prompts = None
         if isinstance(negative_prompt, (list, tuple)):
             negative_prompt = list(negative_prompt) * (batch_size // len(negative_prompt))
+        # the colour words of an image without hints, placed by the palette prior (the batch tiles images and prompts)
+        if self.palette_prior is not None and prompts is not None:
+            for index, text in enumerate(prompts):
+                terms = named_terms(text)
+                if terms and not condition[index, 6].any():  # channel 6: hint confidence; hints say more than words
+                    condition[index] = self.image_processor.palette_condition(gray[index], terms, self.palette_prior)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts,
             device,

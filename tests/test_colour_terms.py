@@ -11,6 +11,7 @@ from edn_pipeline.colour_terms import (
     MIN_SHARE,
     colour_caption,
     colour_terms,
+    named_terms,
     term_chroma,
 )
 from edn_pipeline.errors import EDNInputError
@@ -102,3 +103,17 @@ def test_unknown_terms_and_bad_arrays_raise():
     ):
         with pytest.raises(EDNInputError, match="uint8 RGB array"):
             colour_terms(bad)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "terms"),
+    [
+        ("a photo, mostly Blue and green", ["blue", "green"]),
+        ("colored photo", []),  # "colored" is not "red"
+        ("a reddish, greyish wall; grey sky, red door, red roof", ["gray", "red"]),
+        ("an orange on a plate", ["orange"]),
+        ("", []),
+    ],
+)
+def test_named_terms_are_whole_words_in_order_each_once(prompt, terms):
+    assert named_terms(prompt) == terms

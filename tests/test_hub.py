@@ -13,13 +13,15 @@ from conftest import seeded
 from diffusers import ControlNetModel, DiffusionPipeline
 from huggingface_hub import ModelCard
 
-from edn_pipeline import CCDModel, EDNPipeline, HintPropagator
+from edn_pipeline import CCDModel, EDNPipeline, HintPropagator, PalettePrior
 from edn_pipeline.commands.edn_cli import main
 from edn_pipeline.testing_utils import tiny_components, tiny_stable_diffusion
 from edn_pipeline.training.model_card import render_model_card
 
+# a hint (the propagator spreads it) and colour words without hints (the palette prior places them)
+CALLS = [(None, [(5, 5, "#d02020")]), ("a photo, mostly blue", None)]
 LOAD_WITHOUT_PACKAGE = textwrap.dedent(
-    """
+    f"""
     import sys
     sys.modules["edn_pipeline"] = None  # the package is not importable here
     import numpy as np, torch
@@ -28,9 +30,13 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
     pipe.set_progress_bar_config(disable=True)
     assert "edn_pipeline" not in type(pipe).__module__, type(pipe).__module__
     image = np.load(sys.argv[2])
-    out = pipe(image, hints=[(5, 5, "#d02020")], num_inference_steps=2,
-               generator=torch.Generator().manual_seed(0), output_type="np").images
-    np.save(sys.argv[3], out)
+    CALLS = {CALLS!r}
+    out = [
+        pipe(image, prompt=prompt, hints=hints, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+             output_type="np").images
+        for prompt, hints in CALLS
+    ]
+    np.save(sys.argv[3], np.stack(out))
     """
 )
 
@@ -39,7 +45,10 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     propagator = HintPropagator(channels=8, embedding_dim=4, dilations=(1, 2))
-    EDNPipeline(**tiny_components(vq_decoder=True), hint_propagator=propagator).save_pretrained(root / "model")
+    prior = PalettePrior(channels=8, dilations=(1, 2))
+    EDNPipeline(**tiny_components(vq_decoder=True), hint_propagator=propagator, palette_prior=prior).save_pretrained(
+        root / "model"
+    )
     assert main(["export-hub", str(root / "model"), str(root / "repo")]) == 0
     return root
 
@@ -60,8 +69,11 @@ def test_exported_repo_loads_with_plain_diffusers_and_gives_identical_output(exp
     assert result.returncode == 0, result.stderr[-2000:]
     pipe = EDNPipeline.from_pretrained(exported / "model")
     pipe.set_progress_bar_config(disable=True)
-    ours = pipe(photo, hints=[(5, 5, "#d02020")], num_inference_steps=2, generator=seeded(0), output_type="np").images
-    np.testing.assert_array_equal(np.load(exported / "out.npy"), ours)
+    ours = [
+        pipe(photo, prompt=prompt, hints=hints, num_inference_steps=2, generator=seeded(0), output_type="np").images
+        for prompt, hints in CALLS
+    ]
+    np.testing.assert_array_equal(np.load(exported / "out.npy"), np.stack(ours))
 
 
 def test_an_export_without_a_training_card_gets_one(exported):
@@ -75,11 +87,13 @@ def test_exported_index_names_the_custom_code(exported):
     assert index["ccd"] == ["edn_remote_ccd", "CCDModel"]
     assert index["decoder"] == ["edn_remote_luminance_decoder", "LuminanceDecoder"]
     assert index["hint_propagator"] == ["edn_remote_hint_propagator", "HintPropagator"]
+    assert index["palette_prior"] == ["edn_remote_palette_prior", "PalettePrior"]
     for folder, entry in (
         (".", "edn_remote_pipeline_edn.py"),
         ("ccd", "edn_remote_ccd.py"),
         ("decoder", "edn_remote_luminance_decoder.py"),
         ("hint_propagator", "edn_remote_hint_propagator.py"),
+        ("palette_prior", "edn_remote_palette_prior.py"),
     ):
         assert (exported / "repo" / folder / entry).is_file()
 

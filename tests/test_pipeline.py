@@ -374,8 +374,9 @@ def test_from_stable_diffusion_builds_an_untrained_edn(tmp_path, photo):
     sd.save_pretrained(tmp_path)
     pipe = EDNPipeline.from_stable_diffusion(str(tmp_path))
     names = {"vae", "text_encoder", "tokenizer", "unet", "ccd", "decoder", "scheduler", "hint_propagator"}
-    assert set(pipe.components) == names
+    assert set(pipe.components) == names | {"palette_prior"}
     assert pipe.hint_propagator is None  # an untrained model spreads hints with Levin et al.'s solve
+    assert pipe.palette_prior is None  # ... and its colour words act through the text encoder alone
     assert torch.count_nonzero(pipe.ccd.controlnet_mid_block.weight) == 0
     assert all(torch.count_nonzero(conv.weight) == 0 for conv in pipe.decoder.gray_injections)
     latents = torch.randn(1, 4, 8, 8, generator=seeded(0))

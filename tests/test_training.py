@@ -205,6 +205,21 @@ def test_propagator_stage_adds_and_trains_only_the_hint_propagator(photos, tmp_p
         assert all(torch.equal(old[k], new[k]) for k in old), name
 
 
+def test_palette_stage_adds_and_trains_only_the_palette_prior(photos, tmp_path):
+    start, out = tmp_path / "edn", tmp_path / "palette"
+    EDNPipeline(**tiny_components()).save_pretrained(start)
+    train("train_edn.py", start, photos, out, "--stage", "palette", "--max_train_steps", 30, "--learning_rate", 3e-3)
+    losses = logged(out, "palette")
+    assert len(losses) == 30 and not logged(out, "diffusion")
+    early, late = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(26, 31)])
+    assert late < early
+    before, after = EDNPipeline.from_pretrained(start), EDNPipeline.from_pretrained(out)
+    assert before.palette_prior is None and after.palette_prior is not None and after.hint_propagator is None
+    for name in ("unet", "ccd", "decoder", "text_encoder"):
+        old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
+        assert all(torch.equal(old[k], new[k]) for k in old), name
+
+
 def test_the_refiner_stage_needs_a_refiner(tiny_sd, photos, tmp_path):
     with pytest.raises(AssertionError, match="needs a decoder with a token refiner"):
         train("train_edn.py", tiny_sd, photos, tmp_path / "out", "--stage", "refiner", "--max_train_steps", 1)
@@ -388,6 +403,7 @@ def test_vae_stage_options_are_refused_elsewhere(photos, capsys, stage, extra):
         (["--stage", "ccd", "--max_hint_points", "0"], "--max_hint_points must be at least 1"),
         (["--stage", "propagator", "--train_unet"], "the propagator stage does not train the UNet"),
         (["--stage", "propagator", "--train_text_encoder"], "the propagator stage does not train the text encoder"),
+        (["--stage", "palette", "--train_unet_lora"], "the palette stage does not train the UNet"),
         (
             ["--stage", "propagator", "--cache_views", "2"],
             "--cache_views stores latents, not pixels: it needs the ccd stage, --lambda_ccd 0 and no --streaming",

@@ -19,8 +19,13 @@ from ..files import atomic_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the shipped model: modules that import each other as ``from .x``
 PIPELINE_MODULE = "pipeline_edn"
-# component -> the module defining its class (a model without the optional hint_propagator has none to write)
-CUSTOM_COMPONENTS = {"ccd": "ccd", "decoder": "luminance_decoder", "hint_propagator": "hint_propagator"}
+# component -> the module defining its class (a model without an optional one has none to write)
+CUSTOM_COMPONENTS = {
+    "ccd": "ccd",
+    "decoder": "luminance_decoder",
+    "hint_propagator": "hint_propagator",
+    "palette_prior": "palette_prior",
+}
 ENTRY_PREFIX = "edn_remote_"
 
 

@@ -12,6 +12,9 @@ The scripts in ``training/`` are thin entry points to :func:`main`:
   (:class:`~edn_pipeline.hint_propagator.HintPropagator`, made new if the model has none) to give every pixel the
   ground truth's a*b* from 1 to ``--max_hint_points`` ground-truth points, everything else unused; the CCD stages
   then spread their training hints with it, as the pipeline spreads a user's;
+* ``--stage palette`` trains the colour-word prior (:class:`~edn_pipeline.palette_prior.PalettePrior`, made new if
+  the model has none) to give every pixel the ground truth's a*b* from the basic colour terms that ground truth
+  names (:func:`~edn_pipeline.colour_terms.colour_terms`, as the captions name them), everything else unused;
 * ``--stage joint`` optimises Eq. 1, ``L_dif + λ1·L_CCD + λ2·L_VQ-Dif`` (plus the decoder's reconstruction);
 * ``--stage vae`` trains the autoencoder itself (L1 + a small KL term), for a model without a pretrained SD
   such as edn-tiny, and sets the VAE's ``scaling_factor`` to 1 / std of its latents, as SD's was. With
@@ -57,11 +60,13 @@ try:
 except ImportError as error:  # the colourising install leaves the training dependencies out
     raise ImportError("training needs the train extra: pip install 'edn-pipeline[train]'") from error
 
+from ..colour_terms import colour_terms
 from ..errors import EDNInputError
 from ..hint_propagator import CHROMA_SCALE, HintPropagator
 from ..latent_scale import scale_latents, unscale_latents
-from ..luminance import lab_chroma
+from ..luminance import lab_chroma, to_uint8
 from ..mask_and_replace import q_sample
+from ..palette_prior import PalettePrior, allowed_terms
 from ..pipeline_edn import EDNPipeline
 from .losses import (
     ccd_loss,
@@ -75,7 +80,11 @@ from .losses import (
     vq_diffusion_loss,
 )
 
-STAGES = ("vae", "ccd", "decoder", "refiner", "joint", "propagator")
+STAGES = ("vae", "ccd", "decoder", "refiner", "joint", "propagator", "palette")
+# the pipeline's networks, in the order they are frozen, placed and put in eval mode (the optional ones may be None)
+# the stages that train neither the UNet nor the text encoder
+STAGES_WITHOUT_DIFFUSION = ("decoder", "refiner", "vae", "propagator", "palette")
+NETWORKS = ("vae", "text_encoder", "unet", "ccd", "decoder", "hint_propagator", "palette_prior")
 CHECKPOINT_PREFIX = "checkpoint-"
 LORA_WEIGHTS = "unet_lora.safetensors"
 
@@ -280,11 +289,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--resolution must be a multiple of 8")
     if args.train_unet and args.train_unet_lora:
         parser.error("--train_unet and --train_unet_lora exclude each other")
-    if args.stage in ("decoder", "refiner", "vae", "propagator") and (args.train_unet or args.train_unet_lora):
+    if args.stage in STAGES_WITHOUT_DIFFUSION and (args.train_unet or args.train_unet_lora):
         parser.error(f"the {args.stage} stage does not train the UNet")
-    if args.stage in ("decoder", "refiner", "vae", "propagator") and (
-        args.train_text_encoder or args.train_word_embeddings
-    ):
+    if args.stage in STAGES_WITHOUT_DIFFUSION and (args.train_text_encoder or args.train_word_embeddings):
         parser.error(f"the {args.stage} stage does not train the text encoder")
     others = args.train_unet or args.train_unet_lora or args.train_text_encoder or args.ccd_condition_init != "keep"
     if args.train_word_embeddings and others:
@@ -379,7 +386,7 @@ class EDNTrainingModel(nn.Module):
         self.latent_chroma_weight = latent_chroma_weight
         self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
         self.ccd, self.decoder = pipe.ccd, pipe.decoder
-        self.hint_propagator = pipe.hint_propagator
+        self.hint_propagator, self.palette_prior = pipe.hint_propagator, pipe.palette_prior
         self.noise_scheduler = noise_scheduler
         self.stage = stage
         self.lambda_ccd, self.lambda_vq, self.vq_aux_weight = lambda_ccd, lambda_vq, vq_aux_weight
@@ -389,6 +396,8 @@ class EDNTrainingModel(nn.Module):
             return self.vae_losses(batch["pixel_values"], batch["gray_values"], generator)
         if self.stage == "propagator":
             return self.propagator_losses(batch["pixel_values"], batch["gray_values"], generator)
+        if self.stage == "palette":
+            return self.palette_losses(batch["pixel_values"], batch["gray_values"])
         pixels, gray = batch.get("pixel_values"), batch.get("gray_values")  # absent from cached views
         with torch.no_grad():
             latents = latent_posterior(self.vae, batch).sample(generator).float()
@@ -428,6 +437,16 @@ class EDNTrainingModel(nn.Module):
         predicted = self.hint_propagator((gray.float() + 1) / 2, positions, colours, valid)
         loss = F.mse_loss(predicted / CHROMA_SCALE, chroma / CHROMA_SCALE)
         return {"propagation": loss, "loss": loss}
+
+    def palette_losses(self, pixels, gray):
+        """MSE of the palette prior's a*b* (in units of 100) against the photo's, each example naming the basic
+        colour terms of its own ground truth as a caption would (:func:`~edn_pipeline.colour_terms.colour_terms`)."""
+        rgb = (pixels.float() + 1) / 2
+        named = [colour_terms(to_uint8(image)) for image in rgb.permute(0, 2, 3, 1).cpu().numpy()]
+        allowed = torch.stack([allowed_terms(terms, pixels.device) for terms in named])
+        predicted = self.palette_prior((gray.float() + 1) / 2, allowed)
+        loss = F.mse_loss(predicted / CHROMA_SCALE, lab_chroma(rgb) / CHROMA_SCALE)
+        return {"palette": loss, "loss": loss}
 
     def vae_losses(self, pixels, gray, generator):
         """L1 reconstruction (plus ``chroma_weight`` times an L1 on a*b*, and ``latent_chroma_weight`` times the
@@ -727,12 +746,16 @@ def trainable_modules(
     """Freeze what the stage keeps fixed; return the trained components by name."""
     if stage == "propagator" and pipe.hint_propagator is None:
         pipe.register_modules(hint_propagator=HintPropagator())
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder, pipe.hint_propagator):
-        if module is not None:
-            module.requires_grad_(False)
+    if stage == "palette" and pipe.palette_prior is None:
+        pipe.register_modules(palette_prior=PalettePrior())
+    for name in NETWORKS:
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).requires_grad_(False)
     trained = {}
     if stage == "propagator":
         trained["hint_propagator"] = pipe.hint_propagator
+    if stage == "palette":
+        trained["palette_prior"] = pipe.palette_prior
     if stage == "vae":
         trained["vae"] = pipe.vae
         if vae_decoder == "luminance":
@@ -837,7 +860,7 @@ def place_components(pipe, trained: dict[str, nn.Module], lora: bool, accelerato
     """Every component on the accelerator's device, the frozen ones in the mixed-precision dtype (trained ones stay
     float32); returns that dtype."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for name in ("vae", "text_encoder", "unet", "ccd", "decoder", "hint_propagator"):
+    for name in NETWORKS:
         if getattr(pipe, name) is None:
             continue
         module = getattr(pipe, name).to(accelerator.device)
@@ -1269,9 +1292,9 @@ def export_pipeline(pipe, trained, ema, lora: bool, output_dir: str, card) -> No
     if lora:
         pipe.unet.fuse_lora()
         pipe.unet.unload_lora()
-    for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.ccd, pipe.decoder, pipe.hint_propagator):
-        if module is not None:
-            module.eval()
+    for name in NETWORKS:
+        if getattr(pipe, name) is not None:
+            getattr(pipe, name).eval()
     staging = Path(output_dir, ".export.tmp")
     if staging.exists():
         shutil.rmtree(staging)

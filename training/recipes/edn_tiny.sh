@@ -173,10 +173,21 @@ timed propagator 1000 16 "${LAUNCH[@]}" training/train_edn.py --stage propagator
   --pretrained_model_name_or_path "$WORK/words" --output_dir "$WORK/propagator" "${COMMON[@]}" --resolution 96 \
   --train_batch_size 16 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 1000
 
+# 3h. the colour-word prior (--stage palette), every other network frozen: the same kind of gray-image trunk gives
+#    every pixel a logit and a saturation per basic colour term; each term has one learned hue. Trained on the colour
+#    terms each crop's own ground truth names (colour_terms, as the captions name them), so at inference a prompt
+#    naming terms ("a photo, mostly blue") gets a map placing them, which enters the adapter's condition where a hint
+#    map would when the image has no hints. It chooses between the colours named, rather than guessing colours, so
+#    it carries over to photos it never saw. Started from stage 3g's output (the shipped run: from the package's
+#    edn-tiny, stage 3g's output in float16).
+timed palette 1000 16 "${LAUNCH[@]}" training/train_edn.py --stage palette \
+  --pretrained_model_name_or_path "$WORK/propagator" --output_dir "$WORK/palette" "${COMMON[@]}" --resolution 96 \
+  --train_batch_size 16 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 1000
+
 # 4. inference defaults, chosen on 12 training photos (never on the held-out ones): the share of the noise schedule
 #    run from the photo as its hints colour it, with no hints and with 10; on the model as it ships (float16 weights,
 #    token refinement off)
-python training/recipes/ship_tiny.py --model "$WORK/propagator" --default-strength 1.0 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/palette" --default-strength 1.0 --vq-inference-steps 0 \
   --out "$WORK/candidate"
 mkdir -p "$WORK/tuning"
 for photo in $(ls "$PHOTOS"/bsds500-train/*.jpg | head -12); do ln -sf "$(realpath "$photo")" "$WORK/tuning/"; done
@@ -192,7 +203,7 @@ done
 #    cannot (0.05 28.14, 0.1 28.05, 0.2 27.31, 0.3 26.92, 0.5 26.50). Before stage 3e, at 20 steps:
 #    0.05 28.13, 0.1 28.01, 0.2 27.87, 0.3 27.75, 0.5 27.45; before stage 3d 28.13, 28.07, 28.00, 27.90, 27.51; before
 #    stage 3c 28.10, 27.81, 27.49, 27.19, 26.43. The decoder is stage 3b's, which every later stage carried.
-python training/recipes/ship_tiny.py --model "$WORK/propagator" --default-strength 0.05 --vq-inference-steps 0 \
+python training/recipes/ship_tiny.py --model "$WORK/palette" --default-strength 0.05 --vq-inference-steps 0 \
   --out edn_pipeline/edn-tiny
 
 # 6. the figures of its model card (held-out photos): the table, the hint curve and the before/after grid
