@@ -36,7 +36,7 @@ class PalettePrior(ModelMixin, ConfigMixin):
     """Gray image and the basic colour terms named → a*b* at every pixel.
 
     Each pixel's a*b* is the mean over the allowed terms, weighted by a softmax of the network's per-pixel logits,
-    of that term's learned hue times a per-pixel saturation in (0, 2).
+    of that term's learned a*b* (none for black, white and gray) times a per-pixel saturation in (0, 2).
 
     Args:
         channels (`int`): width of the :class:`~edn_pipeline.gray_trunk.GrayTrunk`.
@@ -49,10 +49,10 @@ class PalettePrior(ModelMixin, ConfigMixin):
         terms = len(BASIC_COLOUR_TERMS)
         self.trunk = GrayTrunk(channels, dilations)
         self.conv_out = nn.Conv2d(channels, 2 * terms, 1)  # per term: a logit and a saturation
-        # each term's hue, starting at its focal colour (colour_terms' prototypes)
-        self.term_chroma = nn.Parameter(
-            torch.from_numpy(np.stack([term_chroma(t) for t in BASIC_COLOUR_TERMS])).float() / CHROMA_SCALE
-        )
+        # each chromatic term's a*b*, starting at its focal colour (colour_terms' prototypes); black, white and gray
+        # have none, so "mostly gray" can only take colour away
+        focal = np.stack([term_chroma(term) for term in CHROMATIC_TERMS])
+        self.term_chroma = nn.Parameter(torch.from_numpy(focal).float() / CHROMA_SCALE)
 
     def forward(self, gray: torch.Tensor, allowed: torch.BoolTensor) -> torch.Tensor:
         """a*b* (B, 2, h, w) from gray images (B, 1, h, w) in [0, 1] and ``allowed`` (B, terms): which basic colour
@@ -62,7 +62,9 @@ class PalettePrior(ModelMixin, ConfigMixin):
         logits = out[:, :terms].masked_fill(~allowed[:, :, None, None], torch.finfo(out.dtype).min)
         weights = logits.softmax(1)[:, :, None]  # (B, terms, 1, h, w)
         saturation = 2 * torch.sigmoid(out[:, terms:])[:, :, None]
-        chroma = (weights * saturation * self.term_chroma[None, :, :, None, None]).sum(1)
+        achromatic = self.term_chroma.new_zeros(len(ALWAYS_ALLOWED), 2)
+        hues = torch.cat([self.term_chroma, achromatic])  # in BASIC_COLOUR_TERMS' order: the chromatic terms first
+        chroma = (weights * saturation * hues[None, :, :, None, None]).sum(1)
         return chroma * CHROMA_SCALE
 
     @torch.no_grad()

@@ -42,12 +42,20 @@ def test_a_named_term_the_network_picks_colours_every_pixel_in_its_hue_on_the_gr
 
 
 def test_a_term_the_prompt_does_not_name_is_never_used():
-    # The network prefers blue, then green; a prompt naming only green gets green, one naming nothing gets gray.
+    # The network prefers blue, then green: a prompt naming only green gets green, one naming none gets the gray.
     model = prior(["blue", "green"])
     lab = rgb2lab(model.hint_colours(GRAY, ["green"]))
     chromatic = np.hypot(lab[..., 1], lab[..., 2]) > 5
     np.testing.assert_allclose(hue(lab[chromatic][:, 1:]), hue(term_chroma("green")), atol=0.05)
     np.testing.assert_allclose(model.hint_colours(GRAY, []), np.repeat(GRAY[..., None], 3, -1), atol=0.02)
+
+
+def test_black_white_and_gray_take_colour_away_whatever_the_weights():
+    model = prior(["gray", "black", "white"])
+    with torch.no_grad():
+        model.conv_out.bias[len(BASIC_COLOUR_TERMS) :] = 5.0  # the highest saturation
+    colours = model.hint_colours(GRAY, ["gray", "black", "white"])
+    np.testing.assert_allclose(colours, np.repeat(GRAY[..., None], 3, -1), atol=0.02)
 
 
 @pytest.fixture
