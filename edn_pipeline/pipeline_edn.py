@@ -420,7 +420,8 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
     @staticmethod
     def hinted_photo(condition: torch.Tensor) -> torch.Tensor:
         """The photo as its hints colour it, (B, 3, h, w) in [0, 1]: the propagated hint colours, which cover the
-        whole image (:func:`~edn_pipeline.hints.propagate_hints`), or the gray itself for an image without hints.
+        whole image (:func:`~edn_pipeline.hints.propagate_hints`), or the palette prior's map of the colours its
+        prompt names (:func:`~edn_pipeline.hints.render_palette`), or the gray itself for an image with neither.
 
         Everywhere, not only as far as the confidence reaches: on 12 training photos with 10 hints, edn-tiny at
         strength 0.3 scored 29.3 dB from the full propagation against 27.2 dB from the gray faded toward it."""
