@@ -82,11 +82,14 @@ def test_a_prompt_naming_a_colour_puts_the_priors_map_in_the_condition(pipe):
     np.testing.assert_allclose(seen[0][0].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
 
 
-def test_without_colour_words_or_with_hints_the_prior_changes_nothing(pipe):
+def test_without_a_chromatic_word_or_with_hints_the_prior_changes_nothing(pipe):
     plain = EDNPipeline(**{name: getattr(pipe, name) for name in tiny_components()})
     plain.set_progress_bar_config(disable=True)
     hints = [(20, 14, "#d02020")]
     np.testing.assert_array_equal(run(pipe, prompt="a photo").images, run(plain, prompt="a photo").images)
+    # black, white and gray alone have no colour to place: "a black and white photo" describes the input
+    for prompt in ("a black and white photo", "a photo, mostly gray"):
+        np.testing.assert_array_equal(run(pipe, prompt=prompt).images, run(plain, prompt=prompt).images)
     np.testing.assert_array_equal(
         run(pipe, prompt="a photo, mostly blue", hints=hints).images,
         run(plain, prompt="a photo, mostly blue", hints=hints).images,

@@ -169,9 +169,10 @@ timed propagator 1000 16 "${LAUNCH[@]}" training/train_edn.py --stage propagator
 #    map would when the image has no hints. It chooses between the colours named, rather than guessing colours, so
 #    it carries over to photos it never saw. Started from stage 3g's output (the shipped run: from the package's
 #    edn-tiny, stage 3g's output in float16; 31 min). Naming each photo's own colours, without hints, with stage
-#    3e's words: +0.20 dB on the held-out photos (+1.01 on the 5 named by a chromatic term, -0.11 on the 13 named
-#    only by black, white or gray), +1.44 dB on 20 garment photos left out of training, +0.35 dB on 19 BSD100
-#    training photos (with stage 3f's words +0.31; its step-300 checkpoint +0.40, a 300-step run +0.28).
+#    3e's words: +0.32 dB on the held-out photos (+1.01 on the 5 named by a chromatic term, +0.06 on the 13 named
+#    only by black, white or gray, which the pipeline leaves to the text encoder: with the prior's gray map -0.11),
+#    +1.54 dB on 20 garment photos left out of training, +0.46 dB on 19 BSD100 training photos (with stage 3f's
+#    words and the prior on every named term +0.31; its step-300 checkpoint +0.40, a 300-step run +0.28).
 timed palette 1000 16 "${LAUNCH[@]}" training/train_edn.py --stage palette \
   --pretrained_model_name_or_path "$WORK/propagator" --output_dir "$WORK/palette" "${COMMON[@]}" --resolution 96 \
   --train_batch_size 16 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 1000
