@@ -90,6 +90,12 @@ def test_without_a_chromatic_word_or_with_hints_the_prior_changes_nothing(pipe):
     # black, white and gray alone have no colour to place: "a black and white photo" describes the input
     for prompt in ("a black and white photo", "a photo, mostly gray"):
         np.testing.assert_array_equal(run(pipe, prompt=prompt).images, run(plain, prompt=prompt).images)
+    # the terms are read from the prompt's text: embeddings carry none
+    embeds, negative = pipe.encode_prompt("a photo, mostly blue", torch.device("cpu"), 1, True)
+    np.testing.assert_array_equal(
+        run(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative).images,
+        run(plain, prompt_embeds=embeds, negative_prompt_embeds=negative).images,
+    )
     np.testing.assert_array_equal(
         run(pipe, prompt="a photo, mostly blue", hints=hints).images,
         run(plain, prompt="a photo, mostly blue", hints=hints).images,
