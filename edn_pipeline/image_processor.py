@@ -108,7 +108,8 @@ class EDNImageProcessor(ConfigMixin):
     @staticmethod
     def palette_condition(gray: torch.Tensor, terms: list[str], palette_prior) -> torch.Tensor:
         """The adapter's condition (7, h, w) for a gray image (1, h, w) without hints whose prompt names the colour
-        ``terms``: the model's ``palette_prior`` places them where a hint map would go (:func:`render_palette`)."""
+        ``terms`` (at least one chromatic, :func:`~edn_pipeline.palette_prior.places_colour`): the model's
+        ``palette_prior`` places them where a hint map would go (:func:`render_palette`)."""
         gray_values = gray[0].cpu().numpy()
         hint_rgb, confidence = render_palette(gray_values, terms, palette_prior)
         return torch.from_numpy(hint_condition(gray_values, hint_rgb, confidence)).permute(2, 0, 1).to(gray.device)

@@ -32,6 +32,13 @@ def allowed_terms(terms: list[str], device=None) -> torch.BoolTensor:
     return torch.tensor([term in terms or term in ALWAYS_ALLOWED for term in BASIC_COLOUR_TERMS], device=device)
 
 
+def places_colour(terms: list[str]) -> bool:
+    """Whether the prior has a colour to place for a prompt naming ``terms``: black, white and gray alone leave its
+    map uniformly gray, which places nothing ("a black and white photo" describes the input) and cost edn-tiny
+    0.18-0.23 dB against the text encoder alone on 21 photos outside the held-out split named only by them."""
+    return any(term in CHROMATIC_TERMS for term in terms)
+
+
 class PalettePrior(ModelMixin, ConfigMixin):
     """Gray image and the basic colour terms named → a*b* at every pixel.
 

@@ -23,13 +23,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ccd import CCDModel, load_ccd
-from .colour_terms import CHROMATIC_TERMS, named_terms
+from .colour_terms import named_terms
 from .errors import EDNInputError, one_line
 from .hint_propagator import HintPropagator
 from .image_processor import EDNImageProcessor
 from .latent_scale import scale_latents, unscale_latents
 from .luminance_decoder import LuminanceDecoder
-from .palette_prior import PalettePrior
+from .palette_prior import PalettePrior, places_colour
 from .pipeline_output import EDNPipelineOutput
 
 # The generic prompts EDN is trained with in place of captions (paper §2.1); used when no prompt is given.
@@ -714,15 +714,12 @@ class EDNPipeline(DiffusionPipeline, StableDiffusionMixin):
             prompts = None
         if isinstance(negative_prompt, (list, tuple)):
             negative_prompt = list(negative_prompt) * (batch_size // len(negative_prompt))
-        # the colour words of an image without hints, placed by the palette prior (the batch tiles images and prompts);
-        # only where a chromatic term is named: black, white and gray alone leave its map uniformly gray, which places
-        # nothing ("a black and white photo" describes the input) and cost edn-tiny 0.18-0.23 dB against the text
-        # encoder alone on 21 training-split photos named only by them
+        # the colour words of an image without hints, placed by the palette prior where it has a colour to place
+        # (the batch tiles images and prompts)
         if self.palette_prior is not None and prompts is not None:
             for index, text in enumerate(prompts):
                 terms = named_terms(text)
-                places = any(term in CHROMATIC_TERMS for term in terms)
-                if places and not condition[index, 6].any():  # channel 6: hint confidence; hints say more than words
+                if places_colour(terms) and not condition[index, 6].any():  # channel 6: hint confidence; hints win
                     condition[index] = self.image_processor.palette_condition(gray[index], terms, self.palette_prior)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts,
