@@ -38,14 +38,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def timed(fn) -> float:
+    """Seconds one call takes, to the end of the work it queued on a GPU (kernels run asynchronously)."""
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def alternating_medians(first, second, repeats: int) -> tuple[float, float]:
@@ -54,10 +58,13 @@ def alternating_medians(first, second, repeats: int) -> tuple[float, float]:
     times = ([], [])
     for _ in range(repeats):
         for fn, fn_times in zip((first, second), times):
-            start = time.perf_counter()
-            fn()
-            fn_times.append(time.perf_counter() - start)
+            fn_times.append(timed(fn))
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def peak_device_mb(device: torch.device) -> float | None:
+    """Peak GPU memory allocated by torch in this process; None on the CPU (peak RSS covers it there)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def point_hints(size: tuple[int, int], count: int) -> list[tuple[float, float, str]]:
@@ -107,7 +114,7 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
         edn(image, hints=image_hints, strength=1.0, generator=torch.Generator().manual_seed(0), **common)
 
     run_edn(GRAY_PHOTO.resize((64, 48)), None)  # the model's own memory, before any large input
-    model_rss = peak_rss_mb()
+    model_rss, model_device_mb = peak_rss_mb(), peak_device_mb(device)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "scan.png"
@@ -151,6 +158,8 @@ def measure(size: tuple[int, int], args: argparse.Namespace) -> dict:
         "reference_s": reference_s,
         "model_rss_mb": model_rss,
         "peak_rss_mb": peak_rss_mb(),
+        "model_device_mb": model_device_mb,
+        "peak_device_mb": peak_device_mb(device),
     }
 
 
@@ -198,6 +207,10 @@ def main() -> None:
             f"| {per_mp:.1f} | {r['edn_s']:.3f} | {r['reference_s']:.3f} | {r['edn_s'] / r['reference_s']:.2f} "
             f"| {r['edn_s'] / r['edn_base_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['model_rss_mb']:.0f} |"
         )
+    if rows[0]["peak_device_mb"] is not None:
+        print("| input | peak GPU MB | beyond the model MB |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['size']} | {r['peak_device_mb']:.0f} | {r['peak_device_mb'] - r['model_device_mb']:.0f} |")
     largest = rows[-1]
     print(
         f"EDN wall time, {largest['size']} / {base} timed in turn in one process: "
