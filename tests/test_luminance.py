@@ -215,20 +215,20 @@ def test_sixteen_bit_png_from_disk(camera, tmp_path):
     np.testing.assert_allclose(to_lightness(path), gray_reference(camera), atol=1e-3)
 
 
-@pytest.mark.parametrize(("orientation", "quarter_turns"), [(6, -1), (8, 1)])
+@pytest.mark.parametrize(("orientation", "quarter_turns"), [(1, 0), (3, 2), (6, -1), (8, 1)])
 def test_exif_orientation_is_applied(astronaut, tmp_path, orientation, quarter_turns):
     picture = astronaut[:40, :96]  # landscape, 40×96
     exif = Image.Exif()
     exif[0x0112] = orientation
     png = tmp_path / "rotated.png"
     Image.fromarray(picture).save(png, exif=exif)
-    # Orientation 6 means "rotate 90° clockwise to display", 8 counter-clockwise.
+    # Orientation 6 means "rotate 90° clockwise to display", 8 counter-clockwise, 3 half a turn; 1 is upright.
     expected = np.rot90(skimage_lightness(picture), k=quarter_turns)
     np.testing.assert_allclose(to_lightness(str(png)), expected, atol=1e-3)
 
     jpeg = tmp_path / "rotated.jpg"
     Image.fromarray(picture).save(jpeg, exif=exif, quality=95)
-    assert to_lightness(jpeg).shape == (96, 40)
+    assert to_lightness(jpeg).shape == expected.shape
 
 
 # --------------------------------------------------------------------------
