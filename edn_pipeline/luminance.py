@@ -99,12 +99,13 @@ def _lab_f(t: torch.Tensor) -> torch.Tensor:
     return t.clamp_min(_LAB_EPSILON) ** (1 / 3) + _LAB_SLOPE * (t - _LAB_EPSILON).clamp_max(0)
 
 
-def _lab_f_inverse(f: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-    """CIELAB's f⁻¹; ``overwrite`` lets it use ``f``'s memory (one allocation fewer on the hot paths)."""
-    cube = f.clamp_min(_LAB_F_BREAK)
-    cube = (cube * cube).mul_(cube).sub_(_LAB_F_BREAK / _LAB_SLOPE)
-    low = f.clamp_max_(_LAB_F_BREAK) if overwrite else f.clamp_max(_LAB_F_BREAK)
-    return cube.add_(low, alpha=1 / _LAB_SLOPE)
+def _lab_f_inverse(
+    f: torch.Tensor, out: torch.Tensor | None = None, spare: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CIELAB's f⁻¹, into ``out`` (not ``f``) if given; ``spare``, a tensor of f's shape that may be ``f`` itself,
+    takes its other piece (the hot paths pass their buffers: no allocation)."""
+    cube = torch.clamp_min(f, _LAB_F_BREAK, out=out).pow_(3).sub_(_LAB_F_BREAK / _LAB_SLOPE)
+    return cube.add_(torch.clamp_max(f, _LAB_F_BREAK, out=spare), alpha=1 / _LAB_SLOPE)
 
 
 # L* of each 8-bit sRGB value: an 8-bit gray input needs one table look-up per pixel.
@@ -120,6 +121,25 @@ def _tiles(height: int, width: int):
     for top in range(0, height, rows):
         for left in range(0, width, columns):
             yield slice(top, min(top + rows, height)), slice(left, min(left + columns, width))
+
+
+class _Buffers:
+    """Scratch tensors for full-size work, by name. With ``reuse`` each is kept for the next call, so every tile of
+    an image writes the same memory: on the CPU a fresh buffer costs a page fault per 4 KB on first touch, and
+    reusing them took a fifth off composing edn-tiny's 24-megapixel outputs. Without ``reuse`` each call allocates,
+    for results that must outlive the next call."""
+
+    def __init__(self, device: torch.device, reuse: bool = True):
+        self.device, self.reuse, self._kept = device, reuse, {}
+
+    def __call__(self, name: str, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if not self.reuse:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        size = math.prod(shape)
+        kept = self._kept.get(name)
+        if kept is None or kept.numel() < size:  # tiles come largest first, so this allocates once per name
+            kept = self._kept[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return kept[:size].view(shape)
 
 
 def lightness(pixels: torch.Tensor) -> torch.Tensor:
@@ -170,23 +190,31 @@ _RGB_FROM_RELATIVE_XYZ = _RGB_FROM_XYZ * _WHITE
 _RGB_ROWS = _RGB_FROM_RELATIVE_XYZ.tolist()  # as Python numbers, for the per-channel loop below
 
 
-def _linear_rgb(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _linear_rgb(
+    fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor, buffers: _Buffers | None = None
+) -> torch.Tensor:
     """Linear sRGB (3, N) of CIELAB colours given as f(Y) and Y (N,) and the offsets (2, N) a*/500 and −b*/200 of
-    f(X) and f(Z) from f(Y) (negative Z clipped as skimage does). In place where it can: this runs on every
-    output pixel, and a dozen times more on those outside the gamut."""
-    xz = offsets + fy
+    f(X) and f(Z) from f(Y) (negative Z clipped as skimage does), in ``buffers`` (fresh ones by default). In place
+    where it can: this runs on every output pixel, and a dozen times more on those outside the gamut."""
+    buffers = buffers or _Buffers(fy.device, reuse=False)
+    xz = torch.add(offsets, fy, out=buffers("xz", *offsets.shape))
     xz[1].clamp_min_(0)
-    x, z = _lab_f_inverse(xz, overwrite=True)
-    linear = torch.empty(3, fy.numel(), dtype=fy.dtype, device=fy.device)
+    x, z = _lab_f_inverse(xz, out=buffers("xz_inverse", *offsets.shape), spare=xz)
+    linear = buffers("linear", 3, fy.numel())
     # Channel by channel: a matrix product with two columns is three times slower.
     for channel, (to_x, to_y, to_z) in enumerate(_RGB_ROWS):
         torch.mul(luminance, to_y, out=linear[channel]).add_(x, alpha=to_x).add_(z, alpha=to_z)
     return linear
 
 
-def _inside(linear: torch.Tensor) -> torch.Tensor:
+def _inside(linear: torch.Tensor, buffers: _Buffers | None = None) -> torch.Tensor:
+    buffers = buffers or _Buffers(linear.device, reuse=False)
+    pixels = linear.shape[1]
     # amin and amax apart: torch.aminmax over the channel dimension is eight times slower on the CPU.
-    return (linear.amin(0) >= -_GAMUT_TOL) & (linear.amax(0) <= 1 + _GAMUT_TOL)
+    low = torch.amin(linear, 0, out=buffers("low", pixels))
+    high = torch.amax(linear, 0, out=buffers("high", pixels))
+    inside = torch.ge(low, -_GAMUT_TOL, out=buffers("inside", pixels, dtype=torch.bool))
+    return inside.logical_and_(torch.le(high, 1 + _GAMUT_TOL, out=buffers("below_white", pixels, dtype=torch.bool)))
 
 
 def _largest_fitting_scale(
@@ -302,14 +330,19 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
     offsets = ab * torch.tensor([1 / 500, -1 / 200], device=ab.device)[:, None, None]
     source_h, source_w = offsets.shape[-2:]
     out = torch.empty(height, width, 3, dtype=dtype, device=lightness_.device)
+    buffers = _Buffers(lightness_.device)
     for rows, columns in _tiles(height, width):
         window_w, across = _bilinear_matrix(columns, source_w, width, offsets.device)
         window_h, down = _bilinear_matrix(rows, source_h, height, offsets.device)
-        tile = (down @ (offsets[:, window_h, window_w] @ across.T)).view(2, -1)
-        fy = lightness_[rows, columns].reshape(-1).add(16).div_(116)
-        luminance = _lab_f_inverse(fy)
-        linear = _linear_rgb(fy, luminance, tile)
-        outside = _inside(linear).logical_not_().nonzero().squeeze(1)  # indices once: a mask would search again
+        shape = (rows.stop - rows.start, columns.stop - columns.start)
+        pixels = math.prod(shape)
+        tile = buffers("tile", 2, pixels)
+        torch.matmul(down, offsets[:, window_h, window_w] @ across.T, out=tile.view(2, *shape))
+        fy = buffers("fy", pixels)
+        torch.add(lightness_[rows, columns], 16, out=fy.view(shape)).div_(116)
+        luminance = _lab_f_inverse(fy, out=buffers("luminance", pixels), spare=buffers("spare", pixels))
+        linear = _linear_rgb(fy, luminance, tile, buffers)
+        outside = _inside(linear, buffers).logical_not_().nonzero().squeeze(1)  # indices: a mask would search again
         if len(outside):
             parts = fy.index_select(0, outside), luminance.index_select(0, outside), tile.index_select(1, outside)
             fitted = _fit_to_gamut(*parts)
@@ -317,8 +350,10 @@ def compose(lightness_: torch.Tensor, ab: torch.Tensor, dtype: torch.dtype = tor
         # Within the gamut's tolerance of [0, 1], and the curve's two pieces can round past 0: both are clamped.
         block = out[rows, columns]
         if dtype == torch.uint8:  # the nearest table step, by truncation of a non-negative value + 0.5
-            index = linear.mul_(_ENCODE_STEPS).add_(0.5).clamp_(0, _ENCODE_STEPS).to(torch.int32)
-            srgb = [torch.index_select(_srgb_byte_table(index.device), 0, channel) for channel in index]
+            index = buffers("index", 3, pixels, dtype=torch.int32)
+            index.copy_(linear.mul_(_ENCODE_STEPS).add_(0.5).clamp_(0, _ENCODE_STEPS))
+            srgb = buffers("bytes", 3, pixels, dtype=torch.uint8)
+            torch.index_select(_srgb_byte_table(index.device), 0, index.view(-1), out=srgb.view(-1))
         else:
             srgb = _linear_to_srgb(linear).clamp_(0, 1)
         for channel in range(3):  # channel by channel: a third faster than one transposing copy
