@@ -241,16 +241,20 @@ _TABLE_MARGIN = 1e-3  # the table is read this share short of the boundary, so i
 
 @functools.cache
 def _max_chroma_table(device: torch.device) -> torch.Tensor:
-    """The largest chroma fitting in sRGB at each (L*, hue) of a regular grid, flattened: built once per device
-    (tens of milliseconds), it fits an out-of-gamut pixel with one conversion where a bisection costs twelve (most of
-    the composition's time on saturated outputs)."""
+    """The largest chroma fitting in sRGB at each (L*, hue) of a regular grid, as each cell's four corners (cells, 4:
+    top left, top right, bottom left, bottom right): built once per device (tens of milliseconds), it fits an
+    out-of-gamut pixel with one conversion where a bisection costs twelve (most of the composition's time on
+    saturated outputs)."""
     lightness_ = torch.linspace(0, 100, _TABLE_LIGHTNESS_STEPS + 1, dtype=torch.float64)
     hue = torch.linspace(-math.pi, math.pi, _TABLE_HUE_STEPS + 1, dtype=torch.float64)
     lightness_, hue = (grid.reshape(-1) for grid in torch.meshgrid(lightness_, hue, indexing="ij"))
     fy = ((lightness_ + 16) / 116).float().to(device)
     offsets = (torch.stack([hue.cos() / 500, -hue.sin() / 200]) * _TABLE_CHROMA).float().to(device)
     scale = _largest_fitting_scale(fy, _lab_f_inverse(fy), offsets, _TABLE_BISECTION_STEPS)
-    return scale.mul_(_TABLE_CHROMA * (1 - _TABLE_MARGIN))
+    grid = scale.mul_(_TABLE_CHROMA * (1 - _TABLE_MARGIN)).view(_TABLE_LIGHTNESS_STEPS + 1, _TABLE_HUE_STEPS + 1)
+    # Each cell's four corners side by side: one row look-up per pixel, where four scattered ones cost twice as much.
+    corners = (grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:])
+    return torch.stack(corners, dim=-1).view(-1, 4)
 
 
 def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -264,13 +268,12 @@ def _fit_to_gamut(fy: torch.Tensor, luminance: torch.Tensor, offsets: torch.Tens
     column = hue.add_(math.pi).mul_(_TABLE_HUE_STEPS / (2 * math.pi))
     row.clamp_(0, _TABLE_LIGHTNESS_STEPS - 1e-3)
     column.clamp_(0, _TABLE_HUE_STEPS - 1e-3)
-    top_row, left = row.long(), column.long()
-    down, across = row - top_row, column - left
-    corner = top_row.mul_(_TABLE_HUE_STEPS + 1).add_(left)
-    table = _max_chroma_table(fy.device)
-    top = torch.lerp(table.take(corner), table.take(corner + 1), across)
-    corner += _TABLE_HUE_STEPS + 1
-    bottom = torch.lerp(table.take(corner), table.take(corner + 1), across)
+    top_row, left = row.floor(), column.floor()
+    cell = torch.mul(top_row, _TABLE_HUE_STEPS).add_(left).int()  # exact in float32: under 2**24 cells
+    down, across = row.sub_(top_row), column.sub_(left)
+    corners = _max_chroma_table(fy.device).index_select(0, cell)
+    top = torch.lerp(corners[:, 0], corners[:, 1], across)
+    bottom = torch.lerp(corners[:, 2], corners[:, 3], across)
     scaled = offsets * torch.lerp(top, bottom, down).div_(chroma.clamp_min_(1e-6)).clamp_max_(1)
     linear = _linear_rgb(fy, luminance, scaled)
     outside = _inside(linear).logical_not_().nonzero().squeeze(1)
